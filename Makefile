@@ -1,0 +1,40 @@
+# emlive — the two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.emlive-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test lint typecheck install wheel-smoke bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build, so no dependency resolves a CUDA build
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/emlive demo-offline --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --package emlive
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+wheel-smoke: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_packaging.py
+
+bench: $(STAMP)
+	$(BIN)/emlive bench
+
+clean:
+	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,3 @@
+from emlive.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""emlive.bench: benchmarks. Speed goals are reported as ratios measured side by side in one run."""

@@ -1,0 +1,295 @@
+"""The multi-frame, multi-scale blind-spot network (method.md, "The network").
+
+Shared by the trainer (which optimises it), the exporter (which turns it into ONNX) and the inference runtime
+(which loads checkpoints), so it lives in the shared package and depends on torch only.
+
+Structure, with width F and a (2a+1) x (2b+1) blind spot:
+
+* **Embedding.** The center frame passes a 1x1 convolution (3F/4 channels; F when N = 1): the feature at pixel p
+  holds the center frame's value at p only. The N-1 neighbour frames pass 1 + max(a, b) 3x3 convolutions to F/4
+  channels: their noise is independent of the center frame's, so they may mix space freely.
+* **Scales.** The base map is average-pooled by 2 (``scales`` - 1) times. At each scale, ``blocks`` residual blocks
+  (two 3x3 convolutions each) grow the radius r (in that scale's pixels) of center-frame pixels every feature has
+  seen by 2 per block.
+* **Ring read-outs.** A read-out is a 3x3 convolution without its center tap, dilated by (dy, dx) chosen so that it
+  never reads a feature that has seen the center frame inside the blind window: at full resolution dy = r + a + 1;
+  at a pooled scale with factor f, where bilinear upsampling mixes neighbouring coarse pixels,
+  dy = floor(r + 1.5 + (a - 0.5) / f) + 1 (same for dx with b). Read-outs are taken from the base map and after
+  every block at full resolution, and from the pooled base and after the last block at the coarser scales
+  (9 read-outs for 4 scales and 2 blocks), each followed by GELU and a 1x1 convolution, then upsampled.
+* **Head.** The read-outs are concatenated and reduced by 1x1 convolutions (R*F -> R*F/2 -> F -> 1).
+
+No biases, no normalisation layers (both would let statistics of the blind window leak into the output). Inputs
+are zero-padded (never reflected: a mirrored copy of a pixel's own noise would leak) to a multiple of the total
+pooling factor and the output is cropped back, so any H x W works.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+NETWORK_SCHEMA_VERSION = 1
+
+
+class NetworkConfig(BaseModel):
+    """Architecture of the blind-spot network. Stored in every checkpoint and export (the model card)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(NETWORK_SCHEMA_VERSION, description="Schema version of this section.")
+    frames: Annotated[int, Field(ge=1, le=9, description="Input frames N (odd); the center one is denoised.")] = 5
+    blind_spot: tuple[int, int] = Field(
+        (3, 3), description="Blind window (height, width) in pixels, odd sizes: 1x1, 3x3, 5x5, 1x3, 3x1, ..."
+    )
+    width: Annotated[int, Field(ge=8, le=256, description="Feature channels F (multiple of 4).")] = 64
+    scales: Annotated[int, Field(ge=1, le=5, description="Resolution levels (pooling by 2 between them).")] = 4
+    blocks: Annotated[int, Field(ge=0, le=8, description="Residual blocks per scale.")] = 2
+
+    @field_validator("frames")
+    @classmethod
+    def _odd_frames(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"frames={v}: the window must have an odd number of frames (1, 3, 5, 7, 9)")
+        return v
+
+    @field_validator("blind_spot")
+    @classmethod
+    def _odd_blind_spot(cls, v: tuple[int, int]) -> tuple[int, int]:
+        h, w = v
+        if h < 1 or w < 1 or h % 2 == 0 or w % 2 == 0 or h > 15 or w > 15:
+            raise ValueError(
+                f"blind_spot={list(v)}: height and width must be odd numbers from 1 to 15 (e.g. [3, 3] or [1, 3])"
+            )
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _width_multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"width={v}: must be a multiple of 4 (the center/neighbour split is 3:1)")
+        return v
+
+    @model_validator(mode="after")
+    def _blind_spot_fits_receptive_field(self) -> NetworkConfig:
+        radius = receptive_radius(self)
+        half = max(self.blind_spot) // 2
+        if 4 * half > radius:
+            raise ValueError(
+                f"blind_spot={list(self.blind_spot)} is too large for a network of {self.scales} scales and "
+                f"{self.blocks} blocks (receptive radius {radius} px): the blind half-size must be at most a "
+                "quarter of the receptive radius; add scales/blocks or choose a smaller blind spot"
+            )
+        return self
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (self.scales - 1)
+
+
+def ring_dilation(radius: int, half: int, factor: int) -> int:
+    """Smallest dilation of a ring read-out that keeps the blind window (half-size ``half``) unseen.
+
+    ``radius`` is how far (in this scale's pixels) a feature has already seen the center frame, ``factor`` the
+    scale's pooling factor. Derivation in the module docstring.
+    """
+    if factor == 1:
+        return radius + half + 1
+    return math.floor(radius + 1.5 + (half - 0.5) / factor) + 1
+
+
+def _readout_plan(cfg: NetworkConfig) -> list[tuple[int, int, int, int]]:
+    """(scale, after_block, dilation_y, dilation_x) of every read-out; after_block 0 is the pooled base map."""
+    a, b = cfg.blind_spot[0] // 2, cfg.blind_spot[1] // 2
+    plan = []
+    for s in range(cfg.scales):
+        f = 2**s
+        after = range(cfg.blocks + 1) if s == 0 else sorted({0, cfg.blocks})
+        for k in after:
+            r = 2 * k
+            plan.append((s, k, ring_dilation(r, a, f), ring_dilation(r, b, f)))
+    return plan
+
+
+def receptive_radius(cfg: NetworkConfig) -> int:
+    """Radius in pixels beyond which an input pixel cannot influence an output pixel (an upper bound)."""
+    a, b = cfg.blind_spot[0] // 2, cfg.blind_spot[1] // 2
+    neighbour = 1 + max(a, b)  # the neighbour-frame branch's 3x3 convolutions
+    reach = 0
+    for s, k, dy, dx in _readout_plan(cfg):
+        f = 2**s
+        r = 2 * k
+        # ring offset + feature radius (pooled px), the pooling block and the bilinear support, in full-res px
+        reach = max(reach, f * (max(dy, dx) + r + 2) + f)
+    return reach + neighbour
+
+
+class RingConv2d(nn.Module):
+    """A 3x3 convolution without its center tap, dilated by (dy, dx): reads p + (+-dy, +-dx), never p."""
+
+    mask: torch.Tensor
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: tuple[int, int]) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        mask = torch.ones(1, 1, 3, 3)
+        mask[..., 1, 1] = 0.0
+        self.register_buffer("mask", mask, persistent=False)
+        with torch.no_grad():
+            self.weight.mul_(mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, padding=self.dilation, dilation=self.dilation)
+
+    def to_conv2d(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the center tap folded to zero (for export: no mask op in the graph)."""
+        conv = nn.Conv2d(
+            self.weight.shape[1],
+            self.weight.shape[0],
+            3,
+            padding=self.dilation,
+            dilation=self.dilation,
+            bias=False,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.weight * self.mask)
+        return conv
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GELU and a skip connection: grows the seen radius by 2 pixels."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(width, width, 3)
+        self.conv2 = _conv(width, width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x + self.conv2(F.gelu(self.conv1(x))))
+
+
+class ReadOut(nn.Module):
+    """Ring read-out at one scale: ring convolution, GELU, 1x1 convolution (upsampled by the caller)."""
+
+    def __init__(self, width: int, dilation: tuple[int, int]) -> None:
+        super().__init__()
+        self.ring = RingConv2d(width, width, dilation)
+        self.proj = _conv(width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.ring(x)))
+
+
+class BlindSpotNet(nn.Module):
+    """Blind-spot denoiser: (B, N, H, W) z-scored frames in, (B, 1, H, W) estimate of the center frame out."""
+
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or NetworkConfig()
+        width = cfg.width
+        n_neighbours = cfg.frames - 1
+        center_ch = width if n_neighbours == 0 else 3 * width // 4
+        self.center_embed = _conv(1, center_ch, 1)
+        neighbour_layers: list[nn.Module] = []
+        if n_neighbours:
+            n_convs = 1 + max(cfg.blind_spot) // 2
+            cin = n_neighbours
+            for _ in range(n_convs):
+                neighbour_layers += [_conv(cin, width // 4, 3), nn.GELU()]
+                cin = width // 4
+        self.neighbour_embed = nn.Sequential(*neighbour_layers)
+        self.plan = _readout_plan(cfg)
+        self.blocks = nn.ModuleList(
+            [nn.ModuleList([ResidualBlock(width) for _ in range(cfg.blocks)]) for _ in range(cfg.scales)]
+        )
+        self.readouts = nn.ModuleDict(
+            {f"s{s}_b{k}": ReadOut(width, (dy, dx)) for s, k, dy, dx in self.plan}
+        )
+        n_read = len(self.plan)
+        self.head = nn.Sequential(
+            _conv(n_read * width, n_read * width // 2, 1),
+            nn.GELU(),
+            _conv(n_read * width // 2, width, 1),
+            nn.GELU(),
+            _conv(width, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        h, w = x.shape[-2], x.shape[-1]
+        m = cfg.pad_multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros: a reflected copy of a pixel's noise would leak
+        c = cfg.frames // 2
+        center = F.gelu(self.center_embed(x[:, c : c + 1]))
+        if cfg.frames > 1:
+            neighbours = torch.cat([x[:, :c], x[:, c + 1 :]], dim=1)
+            base = torch.cat([center, self.neighbour_embed(neighbours)], dim=1)
+        else:
+            base = center
+        full_size = (base.shape[-2], base.shape[-1])
+        outputs: list[torch.Tensor] = []
+        level = base
+        for s in range(cfg.scales):
+            if s > 0:
+                level = F.avg_pool2d(level, 2)
+            feat = level
+            wanted = {k for (ss, k, _, _) in self.plan if ss == s}
+            for k in range(cfg.blocks + 1):
+                if k > 0:
+                    feat = self.blocks[s][k - 1](feat)
+                if k in wanted:
+                    out = self.readouts[f"s{s}_b{k}"](feat)
+                    if s > 0:
+                        out = F.interpolate(out, size=full_size, mode="bilinear", align_corners=False)
+                    outputs.append(out)
+        y = self.head(torch.cat(outputs, dim=1))
+        return y[..., :h, :w]
+
+    def fused(self) -> BlindSpotNet:
+        """A copy whose ring convolutions are plain ``nn.Conv2d`` with the blind taps folded to zero."""
+        clone = copy.deepcopy(self)
+        for name, readout in clone.readouts.items():
+            assert isinstance(readout, ReadOut)
+            clone.readouts[name].ring = readout.ring.to_conv2d()  # type: ignore[assignment]
+        return clone
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_pixel(config: NetworkConfig, size: int = 64) -> float:
+    """Multiply-accumulates per output pixel, counted from the convolutions of one forward pass."""
+    model = BlindSpotNet(config).eval()
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        weight = module.weight
+        taps = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        if isinstance(module, RingConv2d):
+            taps = weight.shape[1] * 8
+        total += output.numel() // output.shape[0] * taps
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | RingConv2d)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, config.frames, size, size))
+    for handle in handles:
+        handle.remove()
+    return total / (size * size)

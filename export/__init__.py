@@ -1,0 +1,1 @@
+"""emlive.export: ONNX/TensorRT export and the inference runtime every consumer uses."""

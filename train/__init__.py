@@ -1,0 +1,1 @@
+"""emlive.train: the offline self-supervised trainer of the blind-spot network."""

@@ -1,0 +1,205 @@
+"""The trainer's Python API: ``train(config)``. The ``emlive train`` command is a thin layer over it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from emlive.core.errors import ConfigError
+from emlive.core.modelcard import ModelCard, TrainingSummary, load_checkpoint, save_model
+from emlive.core.readers import find_movies, open_movie
+from emlive.train.config import Accelerator, Precision, TrainConfig
+from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_sources
+from emlive.train.module import DenoiserModule
+from emlive.train.patches import prepare_patches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    model: Path  # compact inference checkpoint (weights + card)
+    card: ModelCard
+    samples_per_second: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _EpochSetter(Callback):
+    """Gives the training dataset a new random stream every epoch."""
+
+    def __init__(self, dataset: WindowCrops) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dataset.set_epoch(trainer.current_epoch)
+
+
+def _precision(cfg: TrainConfig, accelerator: str) -> str:
+    if cfg.optim.precision is not Precision.auto:
+        return cfg.optim.precision.value
+    return Precision.fp16_mixed.value if accelerator == "gpu" else Precision.fp32.value
+
+
+def _accelerator(cfg: TrainConfig) -> str:
+    if cfg.optim.accelerator is Accelerator.auto:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if cfg.optim.accelerator is Accelerator.gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            "optim.accelerator=gpu but PyTorch sees no CUDA device; use accelerator=cpu or install a CUDA build "
+            "of torch (README: GPU installation)"
+        )
+    return cfg.optim.accelerator.value
+
+
+def _movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
+    return [
+        {"path": str(s.movie.path), "shape": list(s.movie.shape), "dtype": str(s.movie.dtype), "frames_used": s.last - s.first}
+        for s in sources
+    ]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are."""
+    L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
+    run_dir = cfg.output.run_dir(cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(_yaml_dump(cfg))
+    n = cfg.network.frames
+    data = cfg.data
+    train_path = data.train
+    if data.patches.enabled:
+        train_path = prepare_patches(data.train, data.patches, data.gain, run_dir / "patches")
+    gain = None if data.patches.enabled else data.gain
+    size = data.crop_size
+    if data.val is not None:
+        train_sources = open_sources(train_path, gain, n, (0.0, 1.0), data.bin, size)
+        val_sources = open_sources(data.val, data.gain, n, (0.0, 1.0), data.bin, min(size, data.val_crop_size))
+    elif data.val_fraction > 0:
+        split = 1.0 - data.val_fraction
+        train_sources = open_sources(train_path, gain, n, (0.0, split), data.bin, size)
+        val_sources = open_sources(train_path, gain, n, (split, 1.0), data.bin, min(size, data.val_crop_size))
+    else:
+        train_sources = open_sources(train_path, gain, n, (0.0, 1.0), data.bin, size)
+        val_sources = []
+    n_frames_total = sum(s.last - s.first for s in train_sources)
+    per_epoch = n_frames_total * cfg.optim.recursive_factor
+    train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
+    loader_kw: dict[str, Any] = {"num_workers": cfg.optim.num_workers, "persistent_workers": cfg.optim.num_workers > 0}
+    train_loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=False, drop_last=True, **loader_kw)
+    val_loaders: list[DataLoader[Any]] = []
+    if val_sources:
+        n_val = max(cfg.optim.batch_size, 4 * len(val_sources) * max(1, sum(s.last - s.first for s in val_sources) // 4))
+        n_val = min(n_val, 64)
+        val_set = WindowCrops(val_sources, n, data.val_crop_size, n_val, None, seed=999, fixed=True)
+        val_loaders.append(DataLoader(val_set, batch_size=cfg.optim.batch_size, **loader_kw))
+        if data.clean is not None:
+            clean_movies = [open_movie(p) for p in find_movies(data.clean)]
+            if len(clean_movies) != len(val_sources):
+                raise ConfigError(
+                    f"data.clean={data.clean}: {len(clean_movies)} clean movies for {len(val_sources)} validation "
+                    "movies; give one clean movie per noisy movie"
+                )
+            clean_set = CleanWindows(val_sources, clean_movies, n, data.val_crop_size, n_val)
+            val_loaders.append(DataLoader(clean_set, batch_size=cfg.optim.batch_size, **loader_kw))
+    card = ModelCard(
+        name=cfg.name,
+        network=cfg.network,
+        gain_reference=str(data.gain) if data.gain else None,
+        training=TrainingSummary(
+            data=[str(s.movie.path) for s in train_sources],
+            movies=_movie_summary(train_sources),
+            config_name=cfg.name,
+            loss=cfg.optim.loss.value,
+        ),
+    )
+    module = DenoiserModule(cfg, card)
+    accelerator = _accelerator(cfg)
+    monitor = "val/loss" if val_loaders else "train/loss_epoch"
+    ckpt_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch:03d}-loss{" + monitor + ":.5f}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode="min",
+        save_top_k=cfg.output.save_top_k,
+        save_last=True,
+    )
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
+    max_time = None
+    if cfg.optim.max_minutes is not None:
+        max_time = {"minutes": cfg.optim.max_minutes}
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=cfg.optim.devices,
+        strategy="ddp" if cfg.optim.devices > 1 else "auto",
+        precision=_precision(cfg, accelerator),  # type: ignore[arg-type]
+        max_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        max_time=max_time,
+        gradient_clip_val=cfg.optim.gradient_clip,
+        logger=logger,
+        callbacks=[
+            ckpt_cb,
+            _EpochSetter(train_set),
+            TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+        log_every_n_steps=min(cfg.output.log_every_n_steps, max(1, len(train_loader))),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+    log.info(
+        "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
+        cfg.name, per_epoch, size, size, n, cfg.network.blind_spot, cfg.network.width, accelerator,
+        _precision(cfg, accelerator),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, train_loader, val_loaders or None, ckpt_path=str(cfg.resume) if cfg.resume else None)
+    seconds = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
+    last = Path(ckpt_cb.last_model_path)
+    best_score = ckpt_cb.best_model_score
+    card.training.epochs = trainer.current_epoch
+    card.training.steps = trainer.global_step
+    card.training.samples = trainer.global_step * cfg.optim.batch_size
+    card.training.final_train_loss = metrics.get("train/loss_epoch")
+    card.training.best_val_loss = float(best_score) if best_score is not None and math.isfinite(best_score) else None
+    card.training.val_psnr = metrics.get("val/psnr")
+    card.training.seconds = round(seconds, 1)
+    best_net, _ = load_checkpoint(best)
+    model_path = save_model(run_dir / "model.pt", best_net, card)
+    (run_dir / "model_card.json").write_text(card.model_dump_json(indent=2))
+    result = TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        model=model_path,
+        card=card,
+        samples_per_second=module.samples_per_second,
+        metrics=metrics,
+    )
+    log.info(
+        "done in %.0f s (%.1f samples/s); best checkpoint %s; model %s", seconds, result.samples_per_second, best,
+        model_path,
+    )
+    return result
+
+
+def _yaml_dump(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

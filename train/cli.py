@@ -1,0 +1,49 @@
+"""``emlive train``: a thin layer over ``emlive.train.api.train``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+TRAIN_HELP = """Train a blind-spot denoiser on noisy movies alone (self-supervised).
+
+CONFIG is a YAML file or the name of a shipped config (synthetic-small, au-liquid-cell-3x3,
+insitu-stem, cryoet-tilt-5x5). Any field can be overridden as section.key=value, for example:
+
+  emlive train --config synthetic-small data.train=movie.tif optim.epochs=5 network.blind_spot=[1,3]
+
+Writes checkpoints (best k by validation loss, and last), TensorBoard logs with sample images, a compact
+model.pt and model_card.json into output.root/output.experiment/output.version.
+"""
+
+
+def train_command(
+    config: str = typer.Option(..., "--config", "-c", help="YAML config file or shipped config name."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. optim.epochs=5."),
+    resume: Path | None = typer.Option(None, "--resume", help="Checkpoint to resume from (reference: ckpt_path)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the validated config and exit."),
+) -> None:
+    from emlive.train.api import train
+    from emlive.train.config import load_config
+
+    extra = list(overrides or [])
+    if resume is not None:
+        extra.append(f"resume={resume}")
+    cfg = load_config(config, extra)
+    if print_config:
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return
+    result = train(cfg)
+    typer.echo(f"best checkpoint: {result.best_checkpoint}")
+    typer.echo(f"model:           {result.model}")
+    typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the root app."""
+    app.command("train", help=TRAIN_HELP)(train_command)

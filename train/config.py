@@ -1,0 +1,224 @@
+"""Training configuration: pydantic models mirroring the code, loaded from named YAML files in configs/.
+
+Every parameter of the reference tool has a home here (docs/parameters.md maps them one by one). Unknown keys
+are rejected, fields have bounds, and cross-field rules (odd frame count, crop vs network, blind spot vs receptive
+field) are checked on load, so a bad config fails before any data is read.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from emlive.core.errors import ConfigError
+from emlive.core.network import NetworkConfig
+
+TRAIN_SCHEMA_VERSION = 1
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Loss(str, Enum):
+    """Self-supervised loss between the network output and the noisy center frame."""
+
+    l2 = "l2"
+    l1 = "l1"
+    smooth_l1 = "smooth_l1"
+    charbonnier = "charbonnier"
+
+
+class Precision(str, Enum):
+    """Numeric precision; ``auto`` = fp16 mixed precision on CUDA, fp32 on CPU."""
+
+    auto = "auto"
+    fp32 = "32-true"
+    fp16_mixed = "16-mixed"
+    bf16_mixed = "bf16-mixed"
+
+
+class Accelerator(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PatchConfig(_Strict):
+    """Patch preparation for large frames (4k x 4k, MRC/DM4 movies, tilt series): done once, in parallel."""
+
+    enabled: bool = Field(False, description="Extract patches before training (reference: prepare_patch).")
+    folder: Path | None = Field(None, description="Where patches go; default <output>/patches (patches_folder).")
+    size: Annotated[int, Field(ge=64, le=8192)] = 1024
+    stride: Annotated[int, Field(ge=16, le=8192)] = 768
+    ratio: Annotated[float, Field(gt=0.0, le=1.0, description="Fraction of patches kept (patch_ratio).")] = 1.0
+    workers: Annotated[int, Field(ge=1, le=256, description="Processes (processor_num).")] = 2
+    frames_per_stack: Annotated[
+        int | None, Field(ge=1, description="Frames per patch stack; default: the whole movie (subset_size).")
+    ] = None
+
+
+class DataConfig(_Strict):
+    train: Path = Field(..., description="Training movie: a file or a folder (training_path).")
+    val: Path | None = Field(None, description="Validation movie; default: the last val_fraction of frames.")
+    clean: Path | None = Field(None, description="Ground truth for validation PSNR, if known (gt_path).")
+    gain: Path | None = Field(None, description="Gain reference multiplied into every raw frame (gain_path).")
+    val_fraction: Annotated[float, Field(ge=0.0, lt=0.9)] = 0.1
+    crop_size: Annotated[int, Field(ge=16, le=2048, description="Training crop (img_size).")] = 256
+    val_crop_size: Annotated[int, Field(ge=16, le=4096)] = 256
+    bin: Annotated[int, Field(ge=1, le=8, description="Integer binning of frames (downscale without resize).")] = 1
+    patches: PatchConfig = Field(default_factory=PatchConfig)
+
+
+class AugmentConfig(_Strict):
+    """Augmentations that keep every noisy pixel once and neighbours' noise independent (no resizing)."""
+
+    flips: bool = True
+    rot90: bool = True
+    reverse_frames: bool = True
+    extra_noise_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    extra_noise_sigma: tuple[float, float] = Field(
+        (0.25, 0.75), description="Range of Gaussian sigma (z-scored units) added to the input window."
+    )
+
+    @model_validator(mode="after")
+    def _sigma_range(self) -> AugmentConfig:
+        lo, hi = self.extra_noise_sigma
+        if not 0 <= lo <= hi <= 5:
+            raise ValueError(f"extra_noise_sigma={list(self.extra_noise_sigma)}: need 0 <= low <= high <= 5")
+        return self
+
+
+class OptimConfig(_Strict):
+    epochs: Annotated[int, Field(ge=1, le=100000, description="max_epochs")] = 100
+    max_steps: Annotated[int, Field(ge=-1, description="Stop after this many steps (-1: epochs decide).")] = -1
+    max_minutes: Annotated[float | None, Field(gt=0, description="Stop after this wall time.")] = None
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    schedule: bool = Field(True, description="Cosine decay of the learning rate to 1% over the run.")
+    loss: Loss = Loss.l2
+    recursive_factor: Annotated[int, Field(ge=1, le=10000, description="Crops per frame per epoch.")] = 1
+    precision: Precision = Precision.auto
+    accelerator: Accelerator = Accelerator.auto
+    devices: Annotated[int, Field(ge=1, le=64, description="GPUs (DDP when > 1) or 1 for CPU (gpus).")] = 1
+    num_workers: Annotated[int, Field(ge=0, le=64)] = 0
+    seed: int = 0
+    gradient_clip: Annotated[float | None, Field(gt=0)] = 1.0
+
+
+class OutputConfig(_Strict):
+    root: Path = Field(Path("runs"), description="Results folder (common_path).")
+    experiment: str = Field("experiment", description="Sub-folder (save_folder_name).")
+    version: str | None = Field(None, description="Version folder (version_folder_name); default: config name.")
+    save_top_k: Annotated[int, Field(ge=1, le=100)] = 3
+    log_images: bool = True
+    log_every_n_steps: Annotated[int, Field(ge=1)] = 10
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / self.experiment / (self.version or name)
+
+
+class TrainConfig(_Strict):
+    """A whole training run."""
+
+    version: int = TRAIN_SCHEMA_VERSION
+    name: str = "emlive"
+    description: str = ""
+    data: DataConfig
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    resume: Path | None = Field(None, description="Checkpoint to resume training from (ckpt_path).")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        m = self.network.pad_multiple
+        for field, size in (("data.crop_size", self.data.crop_size), ("data.val_crop_size", self.data.val_crop_size)):
+            if size % m:
+                raise ValueError(
+                    f"{field}={size}: must be a multiple of {m} (2^(scales-1) for network.scales="
+                    f"{self.network.scales}); try {max(m, size - size % m)}"
+                )
+        bh, bw = self.network.blind_spot
+        if self.data.crop_size < 4 * max(bh, bw):
+            raise ValueError(
+                f"data.crop_size={self.data.crop_size} is too small for blind_spot={[bh, bw]}: "
+                "use a crop at least 4x the blind spot"
+            )
+        if self.data.patches.enabled and self.data.patches.stride > self.data.patches.size:
+            raise ValueError(
+                f"data.patches.stride={self.data.patches.stride} > size={self.data.patches.size}: "
+                "patches would skip pixels; choose stride <= size"
+            )
+        if self.data.patches.enabled and self.data.patches.size < self.data.crop_size:
+            raise ValueError(
+                f"data.patches.size={self.data.patches.size} < data.crop_size={self.data.crop_size}: "
+                "training crops come from patches, so patches must be at least as large as a crop"
+            )
+        if self.version != TRAIN_SCHEMA_VERSION:
+            raise ValueError(f"version={self.version}: this emlive reads config version {TRAIN_SCHEMA_VERSION}")
+        return self
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section; see configs/*.yaml for the known keys)"
+        lines.append(f"  {where}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a config shipped with emlive (e.g. ``synthetic-small``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such config file, and not a shipped config name (known: {known})")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.epochs=5")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load, override and validate a training config; relative data paths resolve against the working dir."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, network, optim, ...)")
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path))) from exc

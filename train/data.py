@@ -1,0 +1,195 @@
+"""Training data: random crops of N-frame windows from noisy movies, read lazily through the shared readers.
+
+Frames are normalised with whole-frame statistics (as at inference), then cropped and augmented with operations
+that keep every noisy pixel exactly once: crops, flips, 90-degree rotations, frame-order reversal, integer
+binning. No resizing (method.md explains why a resize breaks the blind spot).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from emlive.core.errors import InputDataError
+from emlive.core.normalize import EPS
+from emlive.core.readers import Movie, find_movies, open_movie
+from emlive.core.windows import mirrored_indices
+from emlive.train.config import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+STATS_SAMPLE = 512  # frame statistics come from a strided grid of about this many rows x columns
+
+
+@dataclass
+class MovieSource:
+    """One movie with the per-frame statistics used to normalise it and the frame range this split uses."""
+
+    movie: Movie
+    mean: np.ndarray
+    std: np.ndarray
+    first: int
+    last: int  # exclusive
+    bin: int = 1
+
+    @property
+    def height(self) -> int:
+        return self.movie.shape[1] // self.bin
+
+    @property
+    def width(self) -> int:
+        return self.movie.shape[2] // self.bin
+
+    def window(self, t: int, y: int, x: int, size: int, n_frames: int) -> np.ndarray:
+        """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels)."""
+        b = self.bin
+        out = np.empty((n_frames, size, size), dtype=np.float32)
+        for i, idx in enumerate(mirrored_indices(t - self.first, n_frames, self.last - self.first)):
+            f = idx + self.first
+            crop = np.asarray(self.movie.crop(f, y * b, x * b, size * b, size * b), dtype=np.float32)
+            if b > 1:
+                crop = crop.reshape(size, b, size, b).sum(axis=(1, 3))
+            out[i] = (crop - self.mean[f]) / self.std[f]
+        return out
+
+
+def frame_statistics(movie: Movie, bin_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame mean and std (of binned pixels) from a strided grid; NaN/inf frames are an error."""
+    t, h, w = movie.shape
+    step = max(1, min(h, w) // STATS_SAMPLE)
+    means = np.empty(t, dtype=np.float64)
+    stds = np.empty(t, dtype=np.float64)
+    for i in range(t):
+        frame = np.asarray(movie.frame(i), dtype=np.float64)
+        if bin_factor > 1:
+            hh, ww = (h // bin_factor) * bin_factor, (w // bin_factor) * bin_factor
+            frame = frame[:hh, :ww].reshape(hh // bin_factor, bin_factor, ww // bin_factor, bin_factor).sum((1, 3))
+        sample = frame[::step, ::step]
+        if not np.all(np.isfinite(sample)):
+            raise InputDataError(f"{movie.path}: frame {i} contains NaN or inf values; fix or drop that frame")
+        means[i] = sample.mean()
+        stds[i] = max(float(sample.std()), EPS)
+    return means, stds
+
+
+def open_sources(
+    path: Path, gain: Path | None, n_frames: int, split: tuple[float, float], bin_factor: int, min_size: int
+) -> list[MovieSource]:
+    """Open every movie under ``path`` and keep the fraction ``split`` = (start, stop) of its frames."""
+    sources = []
+    for file in find_movies(path):
+        movie = open_movie(file, gain=gain)
+        t, h, w = movie.shape
+        if min(h, w) // bin_factor < min_size:
+            raise InputDataError(
+                f"{file}: frames of {h}x{w} (binned by {bin_factor}) are smaller than the {min_size} px crop; "
+                "lower data.crop_size or data.bin"
+            )
+        first, last = round(split[0] * t), round(split[1] * t)
+        if last - first < 1:
+            continue
+        mean, std = frame_statistics(movie, bin_factor)
+        sources.append(MovieSource(movie, mean, std, first, last, bin_factor))
+        log.info("%s: %d frames of %dx%d %s, using frames %d..%d", file, t, h, w, movie.dtype, first, last - 1)
+    if not sources:
+        raise InputDataError(f"{path}: no frames to use (split {split}); check data paths and val_fraction")
+    return sources
+
+
+class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target)."""
+
+    def __init__(
+        self,
+        sources: list[MovieSource],
+        n_frames: int,
+        crop_size: int,
+        length: int,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        fixed: bool = False,
+    ) -> None:
+        self.sources = sources
+        self.n_frames = n_frames
+        self.crop_size = crop_size
+        self.length = length
+        self.augment = augment
+        self.seed = seed
+        self.fixed = fixed
+        weights = np.array([s.last - s.first for s in sources], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def locate(self, index: int) -> tuple[np.random.Generator, int, int, int, int, int]:
+        """(rng, source index, center frame, y, x, crop size) of sample ``index``."""
+        rng = np.random.default_rng(
+            (self.seed, index) if self.fixed else (self.seed, self.epoch, index, torch.initial_seed() % 2**31)
+        )
+        src_i = int(rng.choice(len(self.sources), p=self.weights))
+        src = self.sources[src_i]
+        size = min(self.crop_size, src.height, src.width)
+        t = int(rng.integers(src.first, src.last))
+        y = int(rng.integers(0, src.height - size + 1))
+        x = int(rng.integers(0, src.width - size + 1))
+        return rng, src_i, t, y, x, size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng, src_i, t, y, x, size = self.locate(index)
+        window = self.sources[src_i].window(t, y, x, size, self.n_frames)
+        target = window[self.n_frames // 2].copy()
+        if self.augment is not None:
+            window, target = self._augment(window, target, rng)
+        return torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))
+
+    def _augment(
+        self, window: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        aug = self.augment
+        assert aug is not None
+        if aug.flips:
+            if rng.random() < 0.5:
+                window, target = window[:, :, ::-1], target[:, ::-1]
+            if rng.random() < 0.5:
+                window, target = window[:, ::-1, :], target[::-1, :]
+        if aug.rot90:
+            k = int(rng.integers(0, 4))
+            window, target = np.rot90(window, k, axes=(1, 2)), np.rot90(target, k)
+        if aug.reverse_frames and rng.random() < 0.5:
+            window = window[::-1]
+        if aug.extra_noise_probability > 0 and rng.random() < aug.extra_noise_probability:
+            sigma = rng.uniform(*aug.extra_noise_sigma)
+            window = window + rng.normal(0.0, sigma, size=window.shape).astype(np.float32)
+        return window, target
+
+
+class CleanWindows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Validation with ground truth: fixed crops with the clean center frame and its frame statistics."""
+
+    def __init__(self, noisy: list[MovieSource], clean: list[Movie], n_frames: int, crop_size: int, count: int):
+        self.inner = WindowCrops(noisy, n_frames, crop_size, count, None, seed=1234, fixed=True)
+        self.clean = clean
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, src_i, t, y, x, size = self.inner.locate(index)
+        src = self.inner.sources[src_i]
+        window = src.window(t, y, x, size, self.inner.n_frames)
+        b = src.bin
+        clean = np.asarray(self.clean[src_i].crop(t, y * b, x * b, size * b, size * b), dtype=np.float32)
+        if b > 1:
+            clean = clean.reshape(size, b, size, b).sum(axis=(1, 3))
+        stats = torch.tensor([src.mean[t], src.std[t]], dtype=torch.float32)
+        return torch.from_numpy(window), torch.from_numpy(clean[None]), stats
