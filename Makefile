@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/emlive demo-offline --out $(DEMO_DIR)
+	$(BIN)/emlive demo --out $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -54,6 +55,25 @@ def _register_components() -> None:
 
 
 _register_components()
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the movie, the model and the results."),
+    size: int = typer.Option(512, help="Frame size in pixels (square)."),
+    frames: int = typer.Option(64, help="Number of frames to simulate."),
+    dose: float = typer.Option(5.0, help="Electron dose in e-/px/frame."),
+    overrides: list[str] = typer.Argument(None, help="Training overrides, e.g. optim.epochs=2."),
+) -> None:
+    """Simulate a noisy in-situ movie, train the synthetic-small model on it, denoise it and print
+    PSNR/SSIM of the raw movie, the 5-frame average, the best Gaussian filter and the model."""
+    from emlive.demo import run_offline_demo
+
+    scores = run_offline_demo(out, size=size, frames=frames, dose=dose, overrides=list(overrides or []))
+    typer.echo(f"{'method':<32} {'PSNR [dB]':>10} {'SSIM':>8}")
+    for s in scores:
+        typer.echo(f"{s.method:<32} {s.psnr:>10.2f} {s.ssim:>8.4f}")
+    typer.echo(f"before/after picture: {out / 'before_after.png'}")
 
 
 def main() -> None:

@@ -103,9 +103,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     card_data = ckpt[CARD_KEY]
     card = ModelCard.from_json(card_data if isinstance(card_data, str) else json.dumps(card_data), str(p))
-    state = {
-        k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)
-    }
+    state = {k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
     net = BlindSpotNet(card.network)
     try:
         net.load_state_dict(state)

@@ -185,7 +185,7 @@ class ReadOut(nn.Module):
 
     def __init__(self, width: int, dilation: tuple[int, int]) -> None:
         super().__init__()
-        self.ring = RingConv2d(width, width, dilation)
+        self.ring: nn.Module = RingConv2d(width, width, dilation)
         self.proj = _conv(width, width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,12 +211,10 @@ class BlindSpotNet(nn.Module):
                 cin = width // 4
         self.neighbour_embed = nn.Sequential(*neighbour_layers)
         self.plan = _readout_plan(cfg)
-        self.blocks = nn.ModuleList(
-            [nn.ModuleList([ResidualBlock(width) for _ in range(cfg.blocks)]) for _ in range(cfg.scales)]
+        self.blocks = nn.ModuleDict(
+            {f"s{s}_b{k}": ResidualBlock(width) for s in range(cfg.scales) for k in range(1, cfg.blocks + 1)}
         )
-        self.readouts = nn.ModuleDict(
-            {f"s{s}_b{k}": ReadOut(width, (dy, dx)) for s, k, dy, dx in self.plan}
-        )
+        self.readouts = nn.ModuleDict({f"s{s}_b{k}": ReadOut(width, (dy, dx)) for s, k, dy, dx in self.plan})
         n_read = len(self.plan)
         self.head = nn.Sequential(
             _conv(n_read * width, n_read * width // 2, 1),
@@ -250,7 +248,7 @@ class BlindSpotNet(nn.Module):
             wanted = {k for (ss, k, _, _) in self.plan if ss == s}
             for k in range(cfg.blocks + 1):
                 if k > 0:
-                    feat = self.blocks[s][k - 1](feat)
+                    feat = self.blocks[f"s{s}_b{k}"](feat)
                 if k in wanted:
                     out = self.readouts[f"s{s}_b{k}"](feat)
                     if s > 0:
@@ -263,8 +261,9 @@ class BlindSpotNet(nn.Module):
         """A copy whose ring convolutions are plain ``nn.Conv2d`` with the blind taps folded to zero."""
         clone = copy.deepcopy(self)
         for name, readout in clone.readouts.items():
-            assert isinstance(readout, ReadOut)
-            clone.readouts[name].ring = readout.ring.to_conv2d()  # type: ignore[assignment]
+            ring = readout.ring
+            assert isinstance(ring, RingConv2d)
+            clone.readouts[name].ring = ring.to_conv2d()
         return clone
 
 
@@ -280,14 +279,13 @@ def macs_per_pixel(config: NetworkConfig, size: int = 64) -> float:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         weight = module.weight
+        assert isinstance(weight, torch.Tensor)
         taps = weight.shape[1] * weight.shape[2] * weight.shape[3]
         if isinstance(module, RingConv2d):
             taps = weight.shape[1] * 8
         total += output.numel() // output.shape[0] * taps
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | RingConv2d)
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | RingConv2d)]
     with torch.no_grad():
         model(torch.zeros(1, config.frames, size, size))
     for handle in handles:

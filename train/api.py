@@ -67,7 +67,12 @@ def _accelerator(cfg: TrainConfig) -> str:
 
 def _movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
     return [
-        {"path": str(s.movie.path), "shape": list(s.movie.shape), "dtype": str(s.movie.dtype), "frames_used": s.last - s.first}
+        {
+            "path": str(s.movie.path),
+            "shape": list(s.movie.shape),
+            "dtype": str(s.movie.dtype),
+            "frames_used": s.last - s.first,
+        }
         for s in sources
     ]
 
@@ -98,11 +103,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
     train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
-    loader_kw: dict[str, Any] = {"num_workers": cfg.optim.num_workers, "persistent_workers": cfg.optim.num_workers > 0}
+    loader_kw: dict[str, Any] = {
+        "num_workers": cfg.optim.num_workers,
+        "persistent_workers": cfg.optim.num_workers > 0,
+    }
     train_loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=False, drop_last=True, **loader_kw)
     val_loaders: list[DataLoader[Any]] = []
     if val_sources:
-        n_val = max(cfg.optim.batch_size, 4 * len(val_sources) * max(1, sum(s.last - s.first for s in val_sources) // 4))
+        n_val = max(
+            cfg.optim.batch_size,
+            4 * len(val_sources) * max(1, sum(s.last - s.first for s in val_sources) // 4),
+        )
         n_val = min(n_val, 64)
         val_set = WindowCrops(val_sources, n, data.val_crop_size, n_val, None, seed=999, fixed=True)
         val_loaders.append(DataLoader(val_set, batch_size=cfg.optim.batch_size, **loader_kw))
@@ -165,7 +176,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     log.info(
         "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
-        cfg.name, per_epoch, size, size, n, cfg.network.blind_spot, cfg.network.width, accelerator,
+        cfg.name,
+        per_epoch,
+        size,
+        size,
+        n,
+        cfg.network.blind_spot,
+        cfg.network.width,
+        accelerator,
         _precision(cfg, accelerator),
     )
     t0 = time.perf_counter()
@@ -195,7 +213,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         metrics=metrics,
     )
     log.info(
-        "done in %.0f s (%.1f samples/s); best checkpoint %s; model %s", seconds, result.samples_per_second, best,
+        "done in %.0f s (%.1f samples/s); best checkpoint %s; model %s",
+        seconds,
+        result.samples_per_second,
+        best,
         model_path,
     )
     return result

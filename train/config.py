@@ -140,7 +140,10 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         m = self.network.pad_multiple
-        for field, size in (("data.crop_size", self.data.crop_size), ("data.val_crop_size", self.data.val_crop_size)):
+        for field, size in (
+            ("data.crop_size", self.data.crop_size),
+            ("data.val_crop_size", self.data.val_crop_size),
+        ):
             if size % m:
                 raise ValueError(
                     f"{field}={size}: must be a multiple of {m} (2^(scales-1) for network.scales="

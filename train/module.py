@@ -70,12 +70,8 @@ class DenoiserModule(L.LightningModule):
         window, clean, stats = batch
         output = self.net(window).float()
         denoised = output[:, 0] * stats[:, 1, None, None] + stats[:, 0, None, None]
-        psnrs = [
-            psnr_paper(c.cpu().numpy(), d.cpu().numpy()) for c, d in zip(clean[:, 0], denoised, strict=True)
-        ]
-        self.log(
-            "val/psnr", float(np.mean(psnrs)), prog_bar=True, add_dataloader_idx=False, batch_size=len(psnrs)
-        )
+        psnrs = [psnr_paper(c.cpu().numpy(), d.cpu().numpy()) for c, d in zip(clean[:, 0], denoised, strict=True)]
+        self.log("val/psnr", float(np.mean(psnrs)), prog_bar=True, add_dataloader_idx=False, batch_size=len(psnrs))
 
     def _log_images(self, window: torch.Tensor, output: torch.Tensor) -> None:
         if not self.config.output.log_images or self.logger is None:

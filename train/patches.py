@@ -63,8 +63,14 @@ def prepare_patches(source: Path, cfg: PatchConfig, gain: Path | None, default_d
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     files = find_movies(source)
-    log.info("preparing patches of %d px (stride %d, keep %.0f%%) from %d movies with %d workers",
-             cfg.size, cfg.stride, 100 * cfg.ratio, len(files), cfg.workers)
+    log.info(
+        "preparing patches of %d px (stride %d, keep %.0f%%) from %d movies with %d workers",
+        cfg.size,
+        cfg.stride,
+        100 * cfg.ratio,
+        len(files),
+        cfg.workers,
+    )
     written: list[str] = []
     with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
         futures = [

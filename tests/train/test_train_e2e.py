@@ -1,0 +1,97 @@
+"""Train on a tiny simulated movie, then denoise it: the whole trainer path, through the CLI too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emlive.core.modelcard import CARD_KEY, ModelCard, load_checkpoint
+from emlive.core.simulate import SimulationConfig, write_simulation
+from emlive.train.api import train
+from emlive.train.config import load_config
+
+TINY = [
+    "network.width=8",
+    "network.scales=3",
+    "network.blocks=1",
+    "data.crop_size=32",
+    "data.val_crop_size=32",
+    "optim.batch_size=4",
+    "optim.recursive_factor=1",
+    "optim.epochs=2",
+    "optim.max_minutes=null",
+]
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    files = write_simulation(SimulationConfig(height=48, width=56, frames=12, dose=5.0, seed=3), out)
+    return Path(files.noisy).parent
+
+
+@pytest.mark.timeout(240)
+def test_train_writes_self_describing_checkpoints_and_resumes(movie: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        "synthetic-small",
+        [
+            f"data.train={movie / 'noisy.tif'}",
+            f"data.clean={movie / 'clean.tif'}",
+            f"output.root={tmp_path}",
+            *TINY,
+        ],
+    )
+    result = train(cfg)
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file() and result.model.is_file()
+    assert result.samples_per_second > 0
+    assert "val/psnr" in result.metrics and np.isfinite(result.metrics["val/psnr"])
+    raw = torch.load(result.best_checkpoint, weights_only=True)
+    card = ModelCard.model_validate_json(raw[CARD_KEY])
+    assert card.network == cfg.network and card.training.data
+    net, card2 = load_checkpoint(result.model)
+    assert card2.training.steps and card2.training.steps > 0
+    x = torch.randn(1, 5, 40, 40)
+    with torch.no_grad():
+        assert net(x).shape == (1, 1, 40, 40)
+    assert any((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    resumed = train(
+        cfg.model_copy(update={"resume": result.last_checkpoint, "optim": cfg.optim.model_copy(update={"epochs": 3})})
+    )
+    assert load_checkpoint(resumed.model)[1].training.epochs == 3
+
+
+@pytest.mark.timeout(240)
+def test_train_command_through_the_entry_point(movie: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "emlive",
+        "train",
+        "--config",
+        "synthetic-small",
+        f"data.train={movie / 'noisy.tif'}",
+        "data.clean=null",
+        f"output.root={tmp_path}",
+        *TINY,
+        "optim.epochs=1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best checkpoint:" in proc.stdout
+    assert (tmp_path / "synthetic" / "synthetic-small" / "model_card.json").is_file()
+
+
+def test_train_command_reports_bad_keys_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "emlive", "train", "--config", "synthetic-small", "optim.learnig_rate=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "optim.learnig_rate: unknown key" in proc.stderr and "Traceback" not in proc.stderr
