@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_last=True,
     )
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
-    max_time = None
-    if cfg.optim.max_minutes is not None:
-        max_time = {"minutes": cfg.optim.max_minutes}
+    max_time = None if cfg.optim.max_minutes is None else timedelta(minutes=cfg.optim.max_minutes)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=cfg.optim.devices,

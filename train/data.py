@@ -188,7 +188,7 @@ class CleanWindows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         src = self.inner.sources[src_i]
         window = src.window(t, y, x, size, self.inner.n_frames)
         b = src.bin
-        clean = np.asarray(self.clean[src_i].crop(t, y * b, x * b, size * b, size * b), dtype=np.float32)
+        clean = np.array(self.clean[src_i].crop(t, y * b, x * b, size * b, size * b), dtype=np.float32)
         if b > 1:
             clean = clean.reshape(size, b, size, b).sum(axis=(1, 3))
         stats = torch.tensor([src.mean[t], src.std[t]], dtype=torch.float32)
