@@ -1,6 +1,8 @@
-"""Subcommands of this component, registered on the root ``emlive`` app: ``noise-stats`` and ``evaluate``.
+"""Subcommands of this component, registered on the root ``emlive`` app: ``noise-stats``, ``evaluate`` and
+``denoise``.
 
-Thin layers over :mod:`emlive.analysis.noise_stats` and :mod:`emlive.analysis.evaluate`; the heavy imports
+Thin layers over :mod:`emlive.analysis.noise_stats`, :mod:`emlive.analysis.evaluate` and
+:mod:`emlive.analysis.denoise`; the heavy imports
 happen inside the commands so ``emlive --help`` stays fast.
 """
 
@@ -141,7 +143,103 @@ def evaluate_command(
     typer.echo(f"picture: {png}")
 
 
+class _DenoiseDtype(str, Enum):
+    float32 = "float32"
+    input = "input"
+
+
+class _DenoiseFormat(str, Enum):
+    tif = "tif"
+    mrc = "mrc"
+
+
+DENOISE_HELP = """Denoise recorded movies with a trained model, frame by frame.
+
+INPUT is a movie (multi-page TIFF, folder of single-page TIFFs, MRC, DM3/DM4, SER, EMD, npy) or a folder of
+movie files; a folder INPUT is written into the OUTPUT folder, each movie under its own name.
+
+OUTPUT is a movie file (.tif/.tiff or .mrc/.mrcs) or a folder (created if needed; the movie keeps its name).
+The format follows the input (TIFF stays TIFF, MRC stays MRC; DM3/DM4, SER, EMD and npy become TIFF) unless
+OUTPUT's suffix or --format says otherwise. The pixel size is kept. Existing outputs are refused unless
+--overwrite is given.
+
+Each output frame is the model's prediction from a window of its N frames (N = 5 by default) centred on it,
+mirrored at the ends of the movie (frame 0 reads 2,1,0,1,2), normalised exactly as in training. Frames larger
+than a tile are cut into overlapping tiles whose margins cover the network's receptive field, so tiles leave no
+seams. Frames are appended to OUTPUT as they are produced (memory stays at a few frames); a run that stops
+leaves a readable movie of the frames done so far.
+
+Pixels are float32 by default; --dtype input writes the input file's type instead: values are rounded to the
+nearest integer (half to even) and clipped to the type's range (negative values become 0 in unsigned types).
+
+The backend and device (CPU, or CUDA when present) are chosen by the runtime and logged; a progress bar shows
+frames/s and megapixels/s.
+"""
+
+
+def denoise_command(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Movie file, TIFF folder, or folder of movies."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output movie file (.tif/.tiff/.mrc/.mrcs) or folder."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Checkpoint (.ckpt/.pt) or exported model (.onnx; .engine on a GPU)."
+    ),
+    backend: str = typer.Option(
+        "auto",
+        "--backend",
+        help=(
+            "auto (the runtime picks TensorRT > CUDA > CPU), tensorrt, onnx_tensorrt, onnx_cuda, onnx_cpu, "
+            "torch_cuda or torch_cpu."
+        ),
+    ),
+    tile: int | None = typer.Option(
+        None, "--tile", min=1, help="Tile size (px) for large frames; default: the runtime's choice."
+    ),
+    dtype: _DenoiseDtype = typer.Option(
+        _DenoiseDtype.float32, "--dtype", help="float32, or input: the input's type (rounded and clipped)."
+    ),
+    fmt: _DenoiseFormat | None = typer.Option(
+        None, "--format", help="Output format instead of the input's (DM/SER/EMD default to tif)."
+    ),
+    gain: Path | None = typer.Option(None, "--gain", help="Gain reference image multiplying every raw frame."),
+    frames: str | None = typer.Option(None, "--frames", help="Frames a:b to denoise (a..b-1), e.g. 0:100 or 10:."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: the runtime's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    from emlive.analysis.denoise import denoise_path
+
+    report = denoise_path(
+        input_path,
+        output,
+        model,
+        backend=backend,
+        tile=tile,
+        dtype=dtype.value,
+        fmt=None if fmt is None else fmt.value,
+        gain=gain,
+        frames=frames,
+        threads=threads,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    for m in report.movies:
+        typer.echo(
+            f"{m.input} -> {m.output}: {m.frames} frames {m.height} x {m.width} {m.dtype}, "
+            f"{m.frames_per_second:.2f} frames/s, {m.megapixels_per_second:.2f} MP/s"
+        )
+    typer.echo(
+        f"{len(report.movies)} movie(s), {report.frames} frames in {report.seconds:.1f} s "
+        f"({report.frames_per_second:.2f} frames/s, {report.megapixels_per_second:.2f} MP/s) "
+        f"with {report.backend} on {report.device}"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``noise-stats`` and ``evaluate`` to the root app."""
+    """Add ``noise-stats``, ``evaluate`` and ``denoise`` to the root app."""
     app.command("noise-stats", help=NOISE_STATS_HELP)(noise_stats_command)
     app.command("evaluate", help=EVALUATE_HELP)(evaluate_command)
+    app.command("denoise", help=DENOISE_HELP)(denoise_command)

@@ -1,9 +1,88 @@
-"""Subcommands of this component, registered on the root ``emlive`` app."""
+"""Subcommands of this component, registered on the root ``emlive`` app: ``emlive export`` and ``emlive bench``.
+
+Heavy imports (torch, onnx, onnxruntime) happen inside the commands so that ``emlive --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+DEFAULT_OPSET = 17  # mirrors emlive.export.onnx_export.DEFAULT_OPSET without importing torch at start-up
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint (.ckpt from `emlive train`, or .pt)."),
+    output: Path = typer.Option(..., "--output", "-o", help="ONNX model to write (.onnx)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and activations (float32 input/output)."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset (13-20)."),
+    tensorrt: bool = typer.Option(
+        False, "--tensorrt", help="Also build a TensorRT engine (MODEL.engine + MODEL.engine.json); needs CUDA."
+    ),
+    trt_min: int = typer.Option(32, "--trt-min", help="Smallest frame side the TensorRT engine accepts (px)."),
+    trt_opt: int = typer.Option(1024, "--trt-opt", help="Frame side TensorRT optimises for (px)."),
+    trt_max: int = typer.Option(2048, "--trt-max", help="Largest frame side (px); larger frames are tiled."),
+    trt_fp32: bool = typer.Option(False, "--trt-fp32", help="Build a float32 TensorRT engine (default fp16)."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch/height/width, model card in the metadata), check that ONNX
+    Runtime reproduces PyTorch, and optionally build a TensorRT engine."""
+    from emlive.export.onnx_export import export_onnx
+
+    profile = None
+    if tensorrt:  # fail before the export, not after it, when TensorRT or CUDA is missing
+        from emlive.export.tensorrt import ShapeProfile, require_tensorrt
+
+        require_tensorrt()
+        profile = ShapeProfile(trt_min, trt_opt, trt_max)
+    result = export_onnx(checkpoint, output, fp16=fp16, opset=opset, check=not no_check)
+    typer.echo(
+        f"wrote {result.path} ({'fp16' if fp16 else 'fp32'}, opset {result.opset}, "
+        f"{result.size_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s"
+    )
+    for p in result.parity:
+        typer.echo(f"  parity onnxruntime vs torch: {p.describe()}")
+    if tensorrt:
+        from emlive.core.modelcard import load_checkpoint
+        from emlive.export.tensorrt import export_tensorrt
+
+        net, card = load_checkpoint(checkpoint)
+        trt = export_tensorrt(net, card, result.path, profile=profile, fp16=not trt_fp32, check=not no_check)
+        typer.echo(f"wrote {trt.engine} and {trt.sidecar} (cached as {trt.cached})")
+        for p in trt.parity:
+            typer.echo(f"  parity tensorrt vs torch: {p.describe()}")
+
+
+def bench(
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Checkpoint, ONNX model or engine; default: a random-weight default model."
+    ),
+    sizes: str | None = typer.Option(
+        None, "--sizes", help="Comma-separated square frame sizes; default 512,1024,2048 (and 4096 on a GPU)."
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Timed repetitions at 512 px; fewer for larger frames (x 512/size, at least 1)."
+    ),
+    backends: str | None = typer.Option(
+        None, "--backends", help="Comma-separated backends (e.g. onnx_cpu,torch_cpu); default: every available."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads; default: physical cores."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+) -> None:
+    """Inference speed of every available backend (ms/frame, frames/s, MP/s, GFLOP/s) and its speed-up over
+    PyTorch eager on the same weights, measured side by side in one run."""
+    from emlive.bench.runtime_bench import format_table, parse_sizes, run_runtime_benchmark
+    from emlive.export.runtime import parse_backend
+
+    size_list = parse_sizes(sizes) if sizes else None
+    backend_list = [parse_backend(b.strip()).value for b in backends.split(",") if b.strip()] if backends else None
+    report = run_runtime_benchmark(model, size_list, repeats, backend_list, threads, json_path)
+    for line in format_table(report):
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
     """Add this component's subcommands to ``app``."""
+    app.command("export")(export)
+    app.command("bench")(bench)

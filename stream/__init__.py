@@ -1,4 +1,12 @@
-"""emlive.stream: the live ZeroMQ denoising service (issue "The live denoising service over ZeroMQ").
+"""emlive.stream: the live ZeroMQ denoising service.
 
-Not built yet. It will depend on ``emlive.export.runtime`` and ``emlive.core`` only (checked by import-linter).
+* :mod:`emlive.stream.service` - :class:`~emlive.stream.service.DenoiseService` (``emlive serve``): detector
+  frames in (SUB or PULL), denoised frames out (PUB), telemetry, control, model swaps, recording;
+* :mod:`emlive.stream.detector` - :class:`~emlive.stream.detector.DetectorSimulator` (``emlive detector``);
+* :mod:`emlive.stream.window` - the rolling window (live output equals offline output);
+* :mod:`emlive.stream.recording` - per-acquisition recording that survives a crash;
+* :mod:`emlive.stream.telemetry` - per-stage rates, latency percentiles, counters.
+
+The wire protocol is :mod:`emlive.core.protocol` (``docs/protocol.md``). This package depends on
+``emlive.export.runtime`` and ``emlive.core`` only (checked by import-linter).
 """

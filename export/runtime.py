@@ -1,0 +1,621 @@
+"""The one inference runtime: offline ``emlive denoise``, the live service and the benchmarks all use
+:class:`Denoiser`.
+
+>>> den = Denoiser.load("model.onnx")                      # or .ckpt/.pt, or a TensorRT .engine
+>>> clean_center = den.denoise_window(window)              # (N, H, W) detector frames -> (H, W) float32
+>>> for t, frame in den.denoise_movie(movie): ...          # every frame, mirrored windows at the ends
+
+What happens inside, in order:
+
+1. **Validation.** A window must be ``(N, H, W)`` with the model's N, a supported dtype (uint8, uint16, int16,
+   int32, float32, float64) and finite values; anything else is an :class:`~emlive.core.errors.InputDataError`
+   naming the value, the rule and the fix.
+2. **Normalisation** (the card's ``zscore_per_frame``): every frame of the window is z-scored on its own with the
+   statistics of :func:`emlive.core.normalize.frame_stats` (mean and std of the *whole* frame), written into a
+   float32 buffer reused for every window of that shape. The output is mapped back with the center frame's
+   mean and std, so it is in the input's units.
+3. **Tiling.** Frames larger than ``tile`` (default 1024 px on the CPU, 2048 on a GPU, at most the TensorRT
+   profile's maximum) are cut into overlapping tiles (:mod:`emlive.export.tiling`) whose margin is at least the
+   network's receptive radius and whose origins are aligned to its pooling factor: the stitched result equals
+   whole-frame inference up to float rounding. Normalisation happens before tiling, so the statistics are always
+   the whole frame's.
+4. **Inference** by one engine (:mod:`emlive.export.backends`, :mod:`emlive.export.tensorrt`), with buffers
+   preallocated per shape and bound once (ONNX Runtime IOBinding).
+
+Backends (:class:`BackendName`) and what ``auto`` picks, first available wins, each skip logged with its reason:
+
+* a TensorRT engine file (``.engine``/``.trt``): ``tensorrt``;
+* an ONNX model: ``tensorrt`` (engine built once from the ONNX and cached) > ``onnx_tensorrt`` (ONNX Runtime's
+  TensorRT provider) > ``onnx_cuda`` > ``openvino_cpu`` > ``onnx_cpu``;
+* a checkpoint (``.ckpt``/``.pt``): the same, with the network exported to ONNX in memory (about 1.5 s for the
+  default model), and ``torch_cuda`` before the CPU backends; ``torch_cpu`` last (3-4x slower than ``onnx_cpu``).
+
+``openvino_cpu`` exists only where the optional ``openvino`` package is installed (not an emlive dependency): it
+runs bfloat16 on CPUs with AMX/AVX512-BF16, about 3x faster than ``onnx_cpu`` at a measured paper-PSNR cost of
+0.01 dB (:mod:`emlive.export.backends` has the numbers). Without it, ``auto`` on a CPU is ``onnx_cpu`` (float32).
+
+The card comes from the checkpoint, from the ONNX ``metadata_props`` (key ``emlive_card``), or from an engine's
+sidecar JSON / the engine cache. Missing, corrupt or foreign model files raise
+:class:`~emlive.core.errors.ModelFileError` naming the file; a backend that cannot run here raises
+:class:`~emlive.export.errors.BackendUnavailableError` saying what is missing and how to install it.
+
+The GPU backends (``tensorrt``, ``onnx_tensorrt``, ``onnx_cuda``, ``torch_cuda``) were never run: the development
+machine has no GPU. Their selection and error paths are tested; the GPU tests skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emlive.core.errors import ConfigError, InputDataError, ModelFileError
+from emlive.core.modelcard import ModelCard, Normalization, load_checkpoint
+from emlive.core.network import BlindSpotNet
+from emlive.core.normalize import frame_stats
+from emlive.core.windows import mirrored_indices
+from emlive.export.backends import (
+    InferenceEngine,
+    OpenVinoEngine,
+    OrtEngine,
+    TorchEngine,
+    cuda_unavailable_reason,
+    openvino_unavailable_reason,
+    ort_provider_unavailable_reason,
+)
+from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
+from emlive.export.tiling import Tile, check_tile, plan_tiles, tile_margin
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64))
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".trt")
+_DTYPE_NAMES = ", ".join(d.name for d in SUPPORTED_DTYPES)
+MAX_BUFFERS = 16
+
+
+class BackendName(str, Enum):
+    """Where the network runs. ``auto`` picks TensorRT > CUDA > CPU (see the module docstring)."""
+
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnx_tensorrt = "onnx_tensorrt"
+    onnx_cuda = "onnx_cuda"
+    onnx_cpu = "onnx_cpu"
+    openvino_cpu = "openvino_cpu"
+    torch_cuda = "torch_cuda"
+    torch_cpu = "torch_cpu"
+
+
+_AUTO_ORDER = {
+    "engine": [BackendName.tensorrt],
+    "onnx": [
+        BackendName.tensorrt,
+        BackendName.onnx_tensorrt,
+        BackendName.onnx_cuda,
+        BackendName.openvino_cpu,
+        BackendName.onnx_cpu,
+    ],
+    "checkpoint": [
+        BackendName.tensorrt,
+        BackendName.onnx_tensorrt,
+        BackendName.onnx_cuda,
+        BackendName.torch_cuda,
+        BackendName.openvino_cpu,
+        BackendName.onnx_cpu,
+        BackendName.torch_cpu,
+    ],
+}
+
+
+def parse_backend(backend: BackendName | str) -> BackendName:
+    if isinstance(backend, BackendName):
+        return backend
+    try:
+        return BackendName(str(backend).lower())
+    except ValueError:
+        names = ", ".join(b.value for b in BackendName)
+        raise ConfigError(f"backend {backend!r}: not a known backend; use one of {names}") from None
+
+
+def _kind_mismatch(backend: BackendName, kind: str) -> str | None:
+    if kind == "engine" and backend is not BackendName.tensorrt:
+        return "a TensorRT engine file runs only on the tensorrt backend"
+    if kind != "checkpoint" and backend in (BackendName.torch_cpu, BackendName.torch_cuda):
+        return f"{backend.value} needs a PyTorch checkpoint (.ckpt/.pt), not an exported model"
+    return None
+
+
+def _platform_reason(backend: BackendName) -> str | None:
+    if backend is BackendName.tensorrt:
+        from emlive.export.tensorrt import tensorrt_unavailable_reason
+
+        return tensorrt_unavailable_reason()
+    if backend is BackendName.onnx_tensorrt:
+        return ort_provider_unavailable_reason("TensorrtExecutionProvider") or cuda_unavailable_reason()
+    if backend is BackendName.onnx_cuda:
+        return ort_provider_unavailable_reason("CUDAExecutionProvider") or cuda_unavailable_reason()
+    if backend is BackendName.torch_cuda:
+        return cuda_unavailable_reason()
+    if backend is BackendName.onnx_cpu:
+        return ort_provider_unavailable_reason("CPUExecutionProvider")
+    if backend is BackendName.openvino_cpu:
+        return openvino_unavailable_reason()
+    return None
+
+
+def backend_unavailable_reason(backend: BackendName, kind: str = "checkpoint") -> str | None:
+    """None when ``backend`` can run a model of ``kind`` (checkpoint, onnx, engine) here, else why not."""
+    return _kind_mismatch(backend, kind) or _platform_reason(backend)
+
+
+def available_backends(kind: str = "checkpoint") -> list[BackendName]:
+    """Backends that can run a model of ``kind`` here, best first."""
+    return [b for b in _AUTO_ORDER[kind] if backend_unavailable_reason(b, kind) is None]
+
+
+def _model_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    raise ModelFileError(
+        f"{path}: unknown model file type '{suffix}'; give a checkpoint (.ckpt/.pt), an exported model (.onnx) or "
+        "a TensorRT engine (.engine/.trt)"
+    )
+
+
+class _Model:
+    """What a model file holds, loaded lazily per backend need."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        kind: str,
+        card: ModelCard,
+        net: BlindSpotNet | None = None,
+        onnx_bytes: bytes | None = None,
+        build: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self.card = card
+        self.net = net
+        self._onnx = onnx_bytes
+        self.build = build or {}
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else "in-memory network"
+
+    def onnx_bytes(self) -> bytes:
+        if self._onnx is None:
+            if self.net is None:
+                raise ModelFileError(f"{self.label}: no ONNX model or network to build one from")
+            from emlive.export.onnx_export import onnx_model_proto
+
+            t0 = time.perf_counter()
+            self._onnx = onnx_model_proto(self.net, self.card).SerializeToString()
+            log.info("exported the network of %s to ONNX in memory (%.1f s)", self.label, time.perf_counter() - t0)
+        return self._onnx
+
+
+def _load_model(path: Path) -> _Model:
+    kind = _model_kind(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: no such model file; give the path of a .ckpt/.pt checkpoint, an exported .onnx model or a "
+            "TensorRT .engine"
+        )
+    if kind == "checkpoint":
+        net, card = load_checkpoint(path)
+        return _Model(path, kind, card, net=net)
+    if kind == "onnx":
+        from emlive.export.onnx_export import read_onnx_card
+
+        model, card = read_onnx_card(path)
+        return _Model(path, kind, card, onnx_bytes=model.SerializeToString())
+    from emlive.export.tensorrt import read_engine_card
+
+    card, build = read_engine_card(path)
+    return _Model(path, kind, card, build=build)
+
+
+def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold: bool = True) -> InferenceEngine:
+    mismatch = _kind_mismatch(backend, model.kind)
+    if mismatch:
+        raise BackendUnavailableError(
+            f"backend {backend.value} for {model.label}: {mismatch}; use backend auto, or load a model file that "
+            f"{backend.value} can run"
+        )
+    reason = _platform_reason(backend)
+    if reason:
+        fix = {
+            BackendName.onnx_cpu: "reinstall onnxruntime (pip install onnxruntime)",
+            BackendName.openvino_cpu: "install it with `pip install openvino` or use backend onnx_cpu",
+        }.get(backend, GPU_INSTALL_HINT)
+        raise BackendUnavailableError(f"backend {backend.value} for {model.label}: {reason}; {fix}")
+    if backend is BackendName.onnx_cpu:
+        return OrtEngine(
+            model.onnx_bytes(), "CPUExecutionProvider", name=backend.value, threads=threads, source=model.label
+        )
+    if backend is BackendName.openvino_cpu:
+        return OpenVinoEngine(model.onnx_bytes(), threads=threads, source=model.label)
+    if backend is BackendName.onnx_cuda:
+        return OrtEngine(
+            model.onnx_bytes(), "CUDAExecutionProvider", name=backend.value, threads=threads, source=model.label
+        )
+    if backend is BackendName.onnx_tensorrt:
+        from emlive.export.tensorrt import cache_dir
+
+        options = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir() / "onnxruntime"),
+        }
+        return OrtEngine(
+            model.onnx_bytes(),
+            "TensorrtExecutionProvider",
+            name=backend.value,
+            threads=threads,
+            provider_options=options,
+            source=model.label,
+        )
+    if backend in (BackendName.torch_cpu, BackendName.torch_cuda):
+        if model.net is None:
+            raise BackendUnavailableError(f"backend {backend.value}: {model.label} holds no PyTorch weights")
+        device = "cuda" if backend is BackendName.torch_cuda else "cpu"
+        return TorchEngine(model.net, model.card, device, threads=threads, fold=fold, name=backend.value)
+    from emlive.export.tensorrt import TensorRTEngine, build_engine
+
+    if model.kind == "engine" and model.path is not None:
+        return TensorRTEngine(model.path, model.card, model.build)
+    engine_path = build_engine(model.onnx_bytes(), model.card)
+    return TensorRTEngine(engine_path, model.card)
+
+
+def _select(model: _Model, backend: BackendName, threads: int | None, fold: bool = True) -> InferenceEngine:
+    if backend is not BackendName.auto:
+        return _make_engine(model, backend, threads, fold)
+    skipped: list[str] = []
+    for candidate in _AUTO_ORDER[model.kind]:
+        reason = backend_unavailable_reason(candidate, model.kind)
+        if reason is None:
+            try:
+                engine = _make_engine(model, candidate, threads, fold)
+            except BackendUnavailableError as exc:
+                reason = str(exc)
+            else:
+                log.info(
+                    "backend auto -> %s on %s%s",
+                    candidate.value,
+                    engine.device,
+                    f" (skipped {'; '.join(skipped)})" if skipped else "",
+                )
+                return engine
+        skipped.append(f"{candidate.value}: {reason}")
+    raise BackendUnavailableError(f"no backend can run {model.label} here ({'; '.join(skipped)}); {GPU_INSTALL_HINT}")
+
+
+class Denoiser:
+    """A loaded denoiser: validation, normalisation, tiling and inference (see the module docstring).
+
+    Not thread-safe: its buffers are reused from call to call, so use one ``Denoiser`` per thread. Frames that it
+    returns are new arrays, owned by the caller.
+    """
+
+    def __init__(
+        self, engine: InferenceEngine, card: ModelCard, *, tile: int | None = None, source: str = "model"
+    ) -> None:
+        if card.normalization is not Normalization.zscore_per_frame:
+            raise ModelFileError(f"{source}: normalisation {card.normalization.value} is not supported by this runtime")
+        self._engine = engine
+        self.card = card
+        self.source = source
+        cfg = card.network
+        self.margin = tile_margin(cfg)
+        chosen = engine.default_tile if tile is None else tile
+        if engine.max_tile is not None and chosen > engine.max_tile:
+            if tile is not None:
+                raise ConfigError(
+                    f"tile={tile}: the {engine.name} engine accepts at most {engine.max_tile} px; use "
+                    f"tile={engine.max_tile} or rebuild the engine with a larger --trt-max"
+                )
+            chosen = engine.max_tile
+        if tile is None:
+            chosen = max(chosen - chosen % cfg.pad_multiple, 2 * self.margin + cfg.pad_multiple)
+        self.tile = check_tile(chosen, cfg)
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
+        self._plans: dict[tuple[int, int], list[Tile]] = {}
+        log.info(
+            "denoiser: %s on %s (%d frames, blind spot %dx%d, width %d, tile %d px, margin %d px)",
+            engine.name,
+            engine.device,
+            card.frames,
+            *card.blind_spot,
+            cfg.width,
+            self.tile,
+            self.margin,
+        )
+
+    # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: BackendName | str = "auto",
+        *,
+        threads: int | None = None,
+        tile: int | None = None,
+    ) -> Denoiser:
+        """Load a checkpoint (.ckpt/.pt), an exported model (.onnx) or a TensorRT engine (.engine/.trt).
+
+        ``threads``: CPU threads (default: physical cores); ``tile``: largest region run at once (default per
+        backend). Raises ModelFileError, BackendUnavailableError or ConfigError with one clear line.
+        """
+        chosen = parse_backend(backend)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads={threads}: must be at least 1 (or None for the physical core count)")
+        p = Path(path)
+        model = _load_model(p)
+        engine = _select(model, chosen, threads)
+        return cls(engine, model.card, tile=tile, source=str(p))
+
+    @classmethod
+    def from_network(
+        cls,
+        net: BlindSpotNet,
+        card: ModelCard | None = None,
+        backend: BackendName | str = "auto",
+        *,
+        threads: int | None = None,
+        tile: int | None = None,
+        fold: bool = True,
+    ) -> Denoiser:
+        """A denoiser for an in-memory network (as if loaded from its checkpoint). ``fold=False`` keeps the
+        PyTorch backends on the original ``BlindSpotNet`` (the benchmarks' eager reference)."""
+        chosen = parse_backend(backend)
+        card = card or ModelCard(network=net.config)
+        model = _Model(None, "checkpoint", card, net=net.float().cpu().eval())
+        return cls(_select(model, chosen, threads, fold), card, tile=tile, source="in-memory network")
+
+    # --- properties ---------------------------------------------------------------------------------------------
+    @property
+    def frames(self) -> int:
+        return self.card.frames
+
+    @property
+    def backend(self) -> str:
+        """The backend actually used (never ``auto``)."""
+        return self._engine.name
+
+    @property
+    def device(self) -> str:
+        """Where it runs, e.g. ``cpu (2 threads, AVX512-VNNI, AMX)`` or ``cuda:0 NVIDIA H100``."""
+        return self._engine.device
+
+    def __repr__(self) -> str:
+        return f"Denoiser({self.source!r}, backend={self.backend!r}, device={self.device!r}, frames={self.frames})"
+
+    # --- validation ---------------------------------------------------------------------------------------------
+    def _check_dtype(self, dtype: np.dtype[Any], what: str) -> None:
+        if np.dtype(dtype).newbyteorder("=") not in SUPPORTED_DTYPES:
+            raise InputDataError(
+                f"{what} has dtype {dtype}: supported detector dtypes are {_DTYPE_NAMES}; convert it first, "
+                "e.g. with .astype(np.float32)"
+            )
+
+    def _stats(self, frame: np.ndarray, what: str) -> tuple[float, float]:
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: reported below, not as a warning
+                mean, std = frame_stats(frame)
+        except InputDataError:
+            n_nan = int(np.count_nonzero(np.isnan(frame)))
+            n_inf = int(np.count_nonzero(np.isinf(frame)))
+            raise InputDataError(
+                f"{what} contains {n_nan} NaN and {n_inf} inf values: frames must be finite to be normalised; "
+                "replace them (e.g. np.nan_to_num(frame, nan=np.nanmedian(frame))) or mask them before denoising"
+            ) from None
+        return float(mean), float(std)
+
+    def _validate_window(self, window: Any) -> np.ndarray:
+        arr = window if isinstance(window, np.ndarray) else np.asarray(window)
+        if arr.ndim != 3:
+            raise InputDataError(
+                f"window of shape {arr.shape}: expected 3 dimensions (N, H, W) with N={self.frames} frames for "
+                f"this model; stack {self.frames} consecutive frames (or use denoise_movie for a whole movie)"
+            )
+        if arr.shape[0] != self.frames:
+            raise InputDataError(
+                f"window of {arr.shape[0]} frames: this model needs exactly N={self.frames} consecutive frames "
+                f"(the center one is denoised); pass {self.frames} frames, or use denoise_movie, which mirrors the "
+                "window at the ends of a movie"
+            )
+        if arr.shape[1] < 1 or arr.shape[2] < 1:
+            raise InputDataError(f"window of shape {arr.shape}: frames must be at least 1 x 1 pixels")
+        self._check_dtype(arr.dtype, "window")
+        return arr
+
+    # --- buffers ------------------------------------------------------------------------------------------------
+    def _buffer(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array reused for every frame of that role and shape (a movie has one frame shape, and a
+        tiled frame at most four tile shapes, so this stays small; it is emptied if a caller cycles sizes)."""
+        key = (role, *shape)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= MAX_BUFFERS:
+                self._buffers.clear()
+            buf = self._buffers[key] = np.empty(shape, dtype=np.float32)
+        return buf
+
+    def _input_buffer(self, shape: tuple[int, int], role: str = "frame") -> np.ndarray:
+        return self._buffer(role + "-in", (1, self.frames, *shape))
+
+    def _output_buffer(self, shape: tuple[int, int], role: str = "frame") -> np.ndarray:
+        return self._buffer(role + "-out", (1, 1, *shape))
+
+    @staticmethod
+    def _normalize_into(frame: np.ndarray, mean: float, std: float, out: np.ndarray) -> None:
+        # Same arithmetic as core.normalize.zscore: (float32(x) - float32(mean)) / float32(std).
+        np.copyto(out, frame, casting="unsafe")
+        out -= np.float32(mean)
+        out /= np.float32(std)
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    def _plan(self, shape: tuple[int, int]) -> list[Tile]:
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = plan_tiles(shape[0], shape[1], self.tile, self.card.network)
+            self._plans = {shape: plan, **dict(list(self._plans.items())[-2:])}
+            if len(plan) > 1:
+                log.info(
+                    "frames of %dx%d run as %d tiles of at most %d px (margin %d px)",
+                    shape[0],
+                    shape[1],
+                    len(plan),
+                    self.tile,
+                    self.margin,
+                )
+        return plan
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """Network output (H, W) in z-units for a normalised (1, N, H, W) buffer; a view of an internal buffer."""
+        shape = (x.shape[2], x.shape[3])
+        out = self._output_buffer(shape)
+        plan = self._plan(shape)
+        if len(plan) == 1:
+            self._engine.infer(x, out)
+            return out[0, 0]
+        for tile in plan:
+            tin = self._input_buffer(tile.shape, "tile")
+            tout = self._output_buffer(tile.shape, "tile")
+            ys, xs = tile.y, tile.x
+            np.copyto(tin, x[:, :, ys.start : ys.stop, xs.start : xs.stop])
+            self._engine.infer(tin, tout)
+            out[0, 0, ys.core_start : ys.core_stop, xs.core_start : xs.core_stop] = tout[
+                0,
+                0,
+                ys.core_start - ys.start : ys.core_stop - ys.start,
+                xs.core_start - xs.start : xs.core_stop - xs.start,
+            ]
+        return out[0, 0]
+
+    def denoise_normalized(self, frames: np.ndarray) -> np.ndarray:
+        """The network alone: (N, H, W) z-scored float32 frames -> (H, W) float32 in the center frame's z-units."""
+        arr = self._validate_window(frames)
+        buf = self._input_buffer((arr.shape[1], arr.shape[2]))
+        np.copyto(buf[0], arr, casting="same_kind")
+        return self._run(buf).copy()
+
+    def denoise_window(self, window: np.ndarray) -> np.ndarray:
+        """Denoise the center frame of an (N, H, W) window in the detector's dtype; (H, W) float32, input units."""
+        arr = self._validate_window(window)
+        buf = self._input_buffer((arr.shape[1], arr.shape[2]))
+        center = (0.0, 1.0)
+        for i in range(self.frames):
+            stats = self._stats(arr[i], f"frame {i} of the window")
+            self._normalize_into(arr[i], *stats, buf[0, i])
+            if i == self.frames // 2:
+                center = stats
+        return self._denormalize(self._run(buf), *center)
+
+    @staticmethod
+    def _denormalize(z: np.ndarray, mean: float, std: float) -> np.ndarray:
+        result = np.multiply(z, np.float32(std), dtype=np.float32)
+        result += np.float32(mean)
+        return result
+
+    def denoise_movie(self, movie: Any, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Denoise frames ``start``..``stop - 1`` of a (T, H, W) movie, yielding ``(t, frame)`` in order.
+
+        ``movie``: anything with ``len()`` (or ``.shape``) and ``.frame(t)`` or ``[t]`` (a NumPy array, an
+        :class:`emlive.core.readers.Movie`, a memory map). Windows are mirrored at the ends
+        (:func:`emlive.core.windows.mirrored_indices`). Each frame is read and normalised once and kept in a
+        rolling cache of at most N + 1 frames; the movie is never loaded whole.
+        """
+        length = self._movie_length(movie)
+        stop = length if stop is None else stop
+        if not 0 <= start < stop <= length:
+            raise InputDataError(
+                f"frames start={start}, stop={stop} of a movie of T={length} frames: need 0 <= start < stop <= T"
+            )
+        read: Callable[[int], Any] = movie.frame if callable(getattr(movie, "frame", None)) else movie.__getitem__
+        return self._movie_iter(read, length, start, stop)
+
+    @staticmethod
+    def _movie_length(movie: Any) -> int:
+        try:
+            return len(movie)
+        except TypeError:
+            shape = getattr(movie, "shape", None)
+            if shape is not None and len(shape) == 3:
+                return int(shape[0])
+        raise InputDataError(
+            f"movie of type {type(movie).__name__}: expected a (T, H, W) array-like with len() or .shape; pass a "
+            "NumPy array or an emlive.core.readers.Movie"
+        )
+
+    def _movie_iter(
+        self, read: Callable[[int], Any], length: int, start: int, stop: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        n = self.frames
+        cache: dict[int, tuple[np.ndarray, float, float]] = {}
+        pool: list[np.ndarray] = []
+        shape: tuple[int, int] | None = None
+        for t in range(start, stop):
+            indices = mirrored_indices(t, n, length)
+            for idx in indices:
+                if idx in cache:
+                    continue
+                frame = read(idx)
+                arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
+                if arr.ndim != 2:
+                    raise InputDataError(
+                        f"movie frame {idx} has shape {arr.shape}: expected an (H, W) frame; pass a (T, H, W) movie"
+                    )
+                if shape is None:
+                    shape = (arr.shape[0], arr.shape[1])
+                    self._check_dtype(arr.dtype, f"movie frame {idx}")
+                elif arr.shape != shape:
+                    raise InputDataError(
+                        f"movie frame {idx} is {arr.shape[0]}x{arr.shape[1]}, frame {indices[0]}.. are "
+                        f"{shape[0]}x{shape[1]}: all frames of a movie must have the same size"
+                    )
+                else:
+                    self._check_dtype(arr.dtype, f"movie frame {idx}")
+                mean, std = self._stats(arr, f"movie frame {idx}")
+                slot = pool.pop() if pool else np.empty(shape, dtype=np.float32)
+                self._normalize_into(arr, mean, std, slot)
+                cache[idx] = (slot, mean, std)
+            assert shape is not None
+            buf = self._input_buffer(shape)
+            for i, idx in enumerate(indices):
+                np.copyto(buf[0, i], cache[idx][0])
+            _, mean_c, std_c = cache[indices[n // 2]]
+            result = self._denormalize(self._run(buf), mean_c, std_c)
+            if t + 1 < stop:
+                keep = set(mirrored_indices(t + 1, n, length))
+                for idx in [i for i in cache if i not in keep]:
+                    pool.append(cache.pop(idx)[0])
+            yield t, result
+
+    def close(self) -> None:
+        """Release the engine (sessions, GPU memory) and the buffers."""
+        self._engine.close()
+        self._buffers.clear()
+
+    def __enter__(self) -> Denoiser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,221 @@
+"""The rolling window of the live service: which received frames feed the network for which center frame.
+
+A *run* is a stretch of consecutive frames (indices i, i+1, i+2, ...) of one acquisition with one shape and dtype.
+Within a run the service reproduces offline denoising exactly: the output of center frame t is computed when
+frame t + N//2 arrives, from the window :func:`emlive.core.windows.mirrored_indices` gives for the run so far;
+the first N//2 frames use windows mirrored at the run's start, and when the run ends (an ``end`` message, a
+reset, a shutdown) its last N//2 frames are computed with windows mirrored at its end. A window never mixes two
+runs: a new acquisition id, a gap or a step back in the indices, or a change of shape or dtype ends the old run
+(flushing it) and starts a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emlive.core.errors import ConfigError
+from emlive.core.protocol import Header
+from emlive.core.windows import mirrored_indices
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """A received, validated frame and when it arrived (``perf_counter`` and epoch seconds)."""
+
+    header: Header
+    data: np.ndarray
+    received: float
+    received_wall: float
+
+    @property
+    def index(self) -> int:
+        return int(self.header.index or 0)
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One inference to run: the center frame and the window's frames in network order.
+
+    ``completed`` is when the last frame the window needed arrived (``perf_counter``): the start of the
+    processing latency. ``flushed`` marks windows mirrored at the run's end.
+    """
+
+    center: FrameRecord
+    frames: tuple[FrameRecord, ...]
+    completed: float
+    flushed: bool
+    run: int = 0
+
+    @property
+    def indices(self) -> list[int]:
+        return [f.index for f in self.frames]
+
+    def stack(self) -> np.ndarray:
+        """The (N, H, W) window in the frames' dtype (one copy)."""
+        first = self.frames[0].data
+        out = np.empty((len(self.frames), *first.shape), dtype=first.dtype)
+        for k, rec in enumerate(self.frames):
+            out[k] = rec.data
+        return out
+
+
+class WindowAssembler:
+    """Collects frames into runs and hands out :class:`WindowJob` s as soon as their window is complete."""
+
+    def __init__(self, n_frames: int) -> None:
+        self._n = self._check(n_frames)
+        self._clear()
+
+    @staticmethod
+    def _check(n_frames: int) -> int:
+        if n_frames < 1 or n_frames % 2 == 0:
+            raise ConfigError(f"model window of {n_frames} frames: the window must be a positive odd number")
+        return n_frames
+
+    def _clear(self) -> None:
+        self._buffer: dict[int, FrameRecord] = {}
+        self._run = getattr(self, "_run", 0) + 1
+        self._acq: str | None = None
+        self._first = 0
+        self._last = -1
+        self._next_center = 0
+        self._shape: tuple[int, int] | None = None
+        self._dtype: np.dtype | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return self._n
+
+    @property
+    def acquisition(self) -> str | None:
+        """The acquisition of the current run (None between runs)."""
+        return self._acq
+
+    @property
+    def last_index(self) -> int | None:
+        return None if self._acq is None else self._last
+
+    @property
+    def pending(self) -> int:
+        """Frames received whose output is not computed yet (computed at the next flush at the latest)."""
+        return 0 if self._acq is None else self._last - self._next_center + 1
+
+    def change_reason(self, header: Header) -> str | None:
+        """Why a frame with ``header`` cannot continue the current run: ``acquisition``, ``restart`` (index
+        not after the last), ``gap``, ``shape`` or ``dtype``; None when it continues it (or no run is active)."""
+        if self._acq is None:
+            return None
+        if header.acquisition != self._acq:
+            return "acquisition"
+        if header.shape != self._shape:
+            return "shape"
+        if header.numpy_dtype != self._dtype:
+            return "dtype"
+        index = int(header.index or 0)
+        if index <= self._last:
+            return "restart"
+        if index != self._last + 1:
+            return "gap"
+        return None
+
+    def push(self, rec: FrameRecord) -> tuple[list[WindowJob], str | None]:
+        """Add a frame. Returns the jobs that became ready (the old run's flushed tail first, when the frame
+        starts a new run) and the reason the old run ended, if it did."""
+        reason = self.change_reason(rec.header)
+        jobs: list[WindowJob] = self.flush(rec.received) if reason is not None else []
+        if self._acq is None:
+            self._acq = rec.header.acquisition
+            self._first = rec.index
+            self._next_center = rec.index
+            self._shape = rec.header.shape
+            self._dtype = rec.header.numpy_dtype
+        self._buffer[rec.index] = rec
+        self._last = rec.index
+        half = self._n // 2
+        while self._next_center + half <= self._last:
+            jobs.append(self._job(self._next_center, self._last, rec.received, flushed=False))
+            self._next_center += 1
+        for old in [i for i in self._buffer if i < self._next_center - half]:
+            del self._buffer[old]
+        return jobs, reason
+
+    def flush(self, now: float) -> list[WindowJob]:
+        """End the current run: jobs for its remaining frames with windows mirrored at its end."""
+        if self._acq is None:
+            return []
+        jobs = [self._job(c, self._last, now, flushed=True) for c in range(self._next_center, self._last + 1)]
+        self._clear()
+        return jobs
+
+    def resize(self, n_frames: int, now: float) -> list[WindowJob]:
+        """Change the window length (a model with another frame count): flushes and ends the current run."""
+        jobs = self.flush(now)
+        self._n = self._check(n_frames)
+        return jobs
+
+    def _job(self, center: int, last: int, completed: float, *, flushed: bool) -> WindowJob:
+        length = last - self._first + 1
+        positions = mirrored_indices(center - self._first, self._n, length)
+        frames = tuple(self._buffer[self._first + p] for p in positions)
+        return WindowJob(self._buffer[center], frames, completed, flushed, self._run)
+
+
+def live_selection(jobs: list[WindowJob]) -> list[WindowJob]:
+    """The windows live mode denoises out of a backlog (in order): the newest window a frame completed, plus the
+    mirrored tail of the run that ended after it, if one did (an acquisition's ``end``). Everything else is old
+    by now, including the tails of runs cut short by gaps or resets before the newest window."""
+    last_live = max((i for i, j in enumerate(jobs) if not j.flushed), default=-1)
+    tail = [j for j in jobs[last_live + 1 :] if j.flushed]
+    if tail:
+        tail = [j for j in tail if j.run == tail[-1].run]
+    return ([jobs[last_live]] if last_live >= 0 else []) + tail
+
+
+class WindowBuffer:
+    """Builds the (N, H, W) window arrays the model reads, copying each frame about twice at most.
+
+    Consecutive windows (every window except the mirrored ones at the ends of a run) are contiguous views of a
+    ring of 2N-1 frame slots: the window starting at frame i uses slots ``i % N`` to ``i % N + N - 1``, so each
+    frame lives in slot ``i % N`` and, for the windows that wrap, in slot ``i % N + N``. A slot is written only
+    when a window needs it and does not hold that frame yet, so consecutive windows (lossless mode) copy one or
+    two frames each, not N. Mirrored windows are copied into a reused scratch array.
+
+    A returned array is valid until the next call (its memory is reused): consume it before asking for another.
+    """
+
+    def __init__(self) -> None:
+        self._ring: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
+        self._slots: list[tuple[int, int] | None] = []
+
+    def window(self, job: WindowJob) -> np.ndarray:
+        idx = job.indices
+        n = len(idx)
+        first = job.frames[0].data
+        if n == 1:
+            return first[None]
+        if any(idx[k + 1] != idx[k] + 1 for k in range(n - 1)):
+            scratch = self._scratch
+            if scratch is None or scratch.shape != (n, *first.shape) or scratch.dtype != first.dtype:
+                scratch = self._scratch = np.empty((n, *first.shape), dtype=first.dtype)
+            for k, rec in enumerate(job.frames):
+                scratch[k] = rec.data
+            return scratch
+        ring = self._ring
+        if ring is None or ring.shape != (2 * n - 1, *first.shape) or ring.dtype != first.dtype:
+            ring = self._ring = np.empty((2 * n - 1, *first.shape), dtype=first.dtype)
+            self._slots = [None] * (2 * n - 1)
+        start = idx[0] % n
+        for k, rec in enumerate(job.frames):
+            slot = start + k
+            key = (job.run, idx[k])
+            if self._slots[slot] != key:
+                ring[slot] = rec.data
+                self._slots[slot] = key
+        return ring[start : start + n]
+
+    def owns(self, array: np.ndarray) -> bool:
+        """Whether ``array`` may share memory with the reused buffers (then copy it before keeping it)."""
+        return any(buf is not None and np.may_share_memory(array, buf) for buf in (self._ring, self._scratch))

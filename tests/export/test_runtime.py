@@ -1,0 +1,245 @@
+"""The inference runtime: same answer from a checkpoint and an ONNX model, exact tiling, movies read once,
+input validation and model-file errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from emlive.core.errors import ConfigError, InputDataError, ModelFileError
+from emlive.core.windows import mirrored_indices
+from emlive.export.errors import BackendUnavailableError
+from emlive.export.runtime import BackendName, Denoiser, backend_unavailable_reason
+
+# Runtime vs whole-frame PyTorch, in input units: the ONNX parity bound (1e-4 of the output range) plus a few
+# float32 ulps of the values (the center frame's mean is added back in float32).
+RUNTIME_BOUND = 1e-4
+
+
+def _close(got: np.ndarray, ref: np.ndarray, bound: float = RUNTIME_BOUND) -> None:
+    assert got.shape == ref.shape and got.dtype == np.float32
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    tol = bound * float(np.ptp(ref)) + 4 * float(np.finfo(np.float32).eps) * float(np.abs(ref).max())
+    assert err <= tol, f"max error {err:.3g} > {bound} x range {np.ptp(ref):.3g} + 4 ulp"
+
+
+def test_checkpoint_and_onnx_give_the_same_answer(small, reference, window) -> None:
+    win = window(5, 45, 61)
+    ref = reference(small.net, win)
+    results = {}
+    for path, backend in [(small.ckpt, "onnx_cpu"), (small.onnx, "onnx_cpu"), (small.ckpt, "torch_cpu")]:
+        den = Denoiser.load(path, backend, threads=1)
+        assert den.frames == 5 and den.card == small.card
+        assert den.device.startswith("cpu (1 thread")
+        results[(path.suffix, den.backend)] = den.denoise_window(win)
+        _close(results[(path.suffix, den.backend)], ref)
+    assert set(results) == {(".ckpt", "onnx_cpu"), (".onnx", "onnx_cpu"), (".ckpt", "torch_cpu")}
+    np.testing.assert_array_equal(results[(".ckpt", "onnx_cpu")], results[(".onnx", "onnx_cpu")])
+
+
+def test_default_architecture_through_the_runtime(full, reference, window) -> None:
+    win = window(5, 70, 67, seed=4)
+    den = Denoiser.load(full.onnx, "onnx_cpu")
+    _close(den.denoise_window(win), reference(full.net, win))
+
+
+@pytest.mark.parametrize("backend", ["onnx_cpu", "torch_cpu"])
+def test_tiled_equals_whole_frame(small, reference, window, backend: str) -> None:
+    # margin = receptive radius 20 px; 150 x 131 with 56-px tiles is 7 x 6 tiles with cores of 16-36 px
+    win = window(5, 150, 131, seed=1)
+    whole_den = Denoiser.load(small.ckpt, backend)
+    tiled_den = Denoiser.load(small.ckpt, backend, tile=56)
+    assert tiled_den.tile == 56 and tiled_den.margin == 20
+    # The network alone (z-units): float rounding only. Bound 1e-5 of the output range; measured exactly 0 for
+    # ONNX Runtime and ~3e-7 of the range for PyTorch (its convolution algorithm depends on the tensor size).
+    z = np.random.default_rng(1).standard_normal((5, 150, 131)).astype(np.float32)
+    whole_z, tiled_z = whole_den.denoise_normalized(z), tiled_den.denoise_normalized(z)
+    assert np.abs(tiled_z - whole_z).max() <= 1e-5 * np.ptp(whole_z)
+    if backend == "onnx_cpu":
+        np.testing.assert_array_equal(tiled_z, whole_z)
+    # End to end, in input units
+    tiled = tiled_den.denoise_window(win)
+    _close(tiled, whole_den.denoise_window(win), bound=1e-5)
+    _close(tiled, reference(small.net, win))
+
+
+def test_tiled_equals_whole_frame_for_the_default_architecture(full, reference, window) -> None:
+    # 4 scales: tiles must start at multiples of 8 and keep 112-px margins (receptive radius 106)
+    win = window(5, 260, 250, seed=2)
+    den = Denoiser.load(full.onnx, "onnx_cpu", tile=256)
+    assert den.margin == 112
+    tiled = den.denoise_window(win)
+    whole = Denoiser.load(full.onnx, "onnx_cpu").denoise_window(win)
+    _close(tiled, whole, bound=1e-5)
+    _close(tiled, reference(full.net, win))
+
+
+def test_normalisation_uses_whole_frame_statistics(small, window) -> None:
+    # a bright bottom half: per-tile statistics would differ from the frame's and change the answer
+    win = window(5, 150, 131, seed=3).astype(np.float32)
+    win[:, 75:] += 500.0
+    whole = Denoiser.load(small.onnx, "onnx_cpu").denoise_window(win)
+    tiled = Denoiser.load(small.onnx, "onnx_cpu", tile=56).denoise_window(win)
+    _close(tiled, whole, bound=1e-5)
+
+
+class CountingMovie:
+    """A (T, H, W) movie that counts how often each frame is read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.reads = np.zeros(len(data), dtype=int)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def frame(self, t: int) -> np.ndarray:
+        self.reads[t] += 1
+        return self.data[t]
+
+
+@pytest.mark.parametrize(("length", "start", "stop"), [(9, 0, None), (9, 3, 7), (2, 0, None), (1, 0, None)])
+def test_movie_reads_each_frame_once_and_mirrors_the_ends(small, window, length: int, start: int, stop) -> None:
+    data = window(length, 24, 30, seed=5)
+    movie = CountingMovie(data)
+    den = Denoiser.load(small.onnx, "onnx_cpu")
+    out = list(den.denoise_movie(movie, start, stop))
+    end = length if stop is None else stop
+    assert [t for t, _ in out] == list(range(start, end))
+    needed = {i for t in range(start, end) for i in mirrored_indices(t, 5, length)}
+    assert set(np.flatnonzero(movie.reads)) == needed and movie.reads.max() == 1
+    for t, frame in out:
+        np.testing.assert_allclose(frame, den.denoise_window(data[mirrored_indices(t, 5, length)]), rtol=0, atol=1e-5)
+    frames = [f for _, f in out]
+    assert all(f.dtype == np.float32 and f.shape == (24, 30) for f in frames)
+    assert len({id(f) for f in frames}) == len(frames), "every yielded frame is a new array"
+
+
+def test_movie_from_a_plain_array_and_bad_ranges(small, window) -> None:
+    den = Denoiser.load(small.onnx)
+    data = window(6, 16, 16, dtype=np.uint8)
+    assert [t for t, _ in den.denoise_movie(data)] == list(range(6))
+    with pytest.raises(InputDataError, match=r"start=4, stop=2 .* T=6 frames: need 0 <= start < stop <= T"):
+        den.denoise_movie(data, 4, 2)
+    ragged = [data[0], data[1][:8]]
+    with pytest.raises(InputDataError, match=r"movie frame 1 is 8x16.*same size"):
+        list(den.denoise_movie(ragged))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64, ">u2"])
+def test_every_detector_dtype(small, reference, window, dtype) -> None:
+    win = window(5, 20, 28, seed=6).astype(dtype)
+    out = Denoiser.load(small.onnx, "onnx_cpu").denoise_window(win)
+    assert out.dtype == np.float32 and out.shape == (20, 28)
+    _close(out, reference(small.net, win.astype(np.float64)))
+
+
+def test_window_validation_errors_name_value_rule_and_fix(small, window) -> None:
+    den = Denoiser.load(small.onnx)
+    good = window(5, 16, 16).astype(np.float32)
+    with pytest.raises(InputDataError, match=r"window of 3 frames: this model needs exactly N=5 .*pass 5 frames"):
+        den.denoise_window(good[:3])
+    with pytest.raises(InputDataError, match=r"window of shape \(16, 16\): expected 3 dimensions \(N, H, W\)"):
+        den.denoise_window(good[0])
+    with pytest.raises(InputDataError, match=r"dtype complex64: supported .*uint16.*astype"):
+        den.denoise_window(good.astype(np.complex64))
+    with pytest.raises(InputDataError, match=r"dtype int64: supported"):
+        den.denoise_window(good.astype(np.int64))
+    bad = good.copy()
+    bad[1, 3, 4] = np.nan
+    bad[1, 5, 5] = np.inf
+    with pytest.raises(InputDataError, match=r"frame 1 of the window contains 1 NaN and 1 inf.*finite.*nan_to_num"):
+        den.denoise_window(bad)
+    inf_center = good.copy()
+    inf_center[2, 0, 0] = -np.inf
+    with pytest.raises(InputDataError, match=r"frame 2 of the window contains 0 NaN and 1 inf"):
+        den.denoise_window(inf_center)
+
+
+def test_model_file_errors_name_the_file(small, tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match=r"nothing\.onnx: no such model file"):
+        Denoiser.load(tmp_path / "nothing.onnx")
+    rng = np.random.default_rng(0)
+    for name in ("junk.onnx", "junk.ckpt"):
+        (tmp_path / name).write_bytes(rng.bytes(2048))
+        with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
+            Denoiser.load(tmp_path / name)
+    (tmp_path / "model.h5").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match=r"model\.h5: unknown model file type '\.h5'"):
+        Denoiser.load(tmp_path / "model.h5")
+    # a valid ONNX model that emlive did not write
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    with pytest.raises(ModelFileError, match=r"foreign\.onnx: an ONNX model without emlive metadata"):
+        Denoiser.load(foreign)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(rng.bytes(256))
+    with pytest.raises(ModelFileError, match=r"m\.engine: no model card for this engine"):
+        Denoiser.load(engine)
+
+
+def test_engine_with_sidecar_needs_tensorrt(small, tmp_path: Path) -> None:
+    if backend_unavailable_reason(BackendName.tensorrt, "engine") is None:
+        pytest.skip("TensorRT is available here; the GPU tests cover engines")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not really an engine")
+    (tmp_path / "m.engine.json").write_text('{"card": ' + small.card.to_json() + ', "build": {}}')
+    with pytest.raises(
+        BackendUnavailableError, match=r"m\.engine .*tensorrt: .*not installed.*pip install emlive\[gpu\]"
+    ):
+        Denoiser.load(engine)
+    with pytest.raises(BackendUnavailableError, match=r"backend onnx_cpu for .*m\.engine: a TensorRT engine file runs"):
+        Denoiser.load(engine, "onnx_cpu")
+
+
+@pytest.mark.parametrize("backend", ["onnx_cuda", "onnx_tensorrt", "tensorrt", "torch_cuda"])
+def test_missing_gpu_backends_are_one_clear_error(small, backend: str) -> None:
+    if backend_unavailable_reason(BackendName(backend)) is None:
+        pytest.skip(f"{backend} is available here; the GPU tests cover it")
+    with pytest.raises(
+        BackendUnavailableError, match=rf"backend {backend} for .*: .*pip install emlive\[gpu\]"
+    ) as info:
+        Denoiser.load(small.ckpt, backend)
+    assert "\n" not in str(info.value)
+
+
+def test_openvino_backend(full, reference, window) -> None:
+    """Optional backend (``pip install openvino``): bfloat16 on AMX/AVX512-BF16 CPUs. Bound 1e-2 of the output
+    range (measured 2.5e-3 on a trained model, 4e-3 on random weights; the paper PSNR changed by 0.01 dB)."""
+    reason = backend_unavailable_reason(BackendName.openvino_cpu)
+    if reason:
+        with pytest.raises(BackendUnavailableError, match=r"backend openvino_cpu .*pip install openvino"):
+            Denoiser.load(full.onnx, "openvino_cpu")
+        pytest.skip(f"openvino_cpu unavailable: {reason}")
+    win = window(5, 90, 77, seed=9)
+    den = Denoiser.load(full.onnx, "openvino_cpu")
+    assert den.backend == "openvino_cpu" and "OpenVINO" in den.device
+    _close(den.denoise_window(win), reference(full.net, win), bound=1e-2)
+    assert Denoiser.load(full.onnx).backend == "openvino_cpu", "auto prefers it on the CPU"
+    tiled = Denoiser.load(full.onnx, "openvino_cpu", tile=256).denoise_window(window(5, 260, 250, seed=2))
+    _close(tiled, reference(full.net, window(5, 260, 250, seed=2)), bound=1e-2)
+
+
+def test_backend_and_tile_arguments_are_checked(small) -> None:
+    with pytest.raises(ConfigError, match=r"backend 'cuda': not a known backend; use one of auto, tensorrt"):
+        Denoiser.load(small.onnx, "cuda")
+    with pytest.raises(BackendUnavailableError, match=r"torch_cpu needs a PyTorch checkpoint"):
+        Denoiser.load(small.onnx, BackendName.torch_cpu)
+    with pytest.raises(ConfigError, match=r"tile=41: .*multiple of 2.*at least 42 px.*use tile=42"):
+        Denoiser.load(small.onnx, tile=41)
+    with pytest.raises(ConfigError, match=r"threads=0: must be at least 1"):
+        Denoiser.load(small.onnx, threads=0)
+    den = Denoiser.load(small.onnx, "onnx_cpu")
+    assert den.backend == "onnx_cpu" and "onnx_cpu" in repr(den)
+    den.close()
