@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.emlive-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test lint typecheck install wheel-smoke bench clean
+.PHONY: demo test lint typecheck install wheel-smoke bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ typecheck: $(STAMP)
 	mkdir -p build/typecheck && ln -sfn $(CURDIR) build/typecheck/emlive
 	MYPYPATH=build/typecheck $(BIN)/mypy -p emlive
 
-test: lint typecheck
+# Chromium from Debian for the viewer's browser tests (tests/viewer); Playwright drives it, never `playwright install`.
+# A failure here is tolerated: the browser tests then skip with the reason.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium) \
+		|| echo "chromium could not be installed: the viewer's browser tests will be skipped"
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 wheel-smoke: $(STAMP)

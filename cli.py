@@ -50,8 +50,9 @@ def _register_components() -> None:
     from emlive.export import cli as export_cli
     from emlive.stream import cli as stream_cli
     from emlive.train import cli as train_cli
+    from emlive.viewer import cli as viewer_cli
 
-    for module in (core_cli, train_cli, export_cli, analysis_cli, stream_cli):
+    for module in (core_cli, train_cli, export_cli, analysis_cli, stream_cli, viewer_cli):
         module.register(app)
 
 

@@ -37,6 +37,7 @@ from emlive.core.logs import setup_logging
 from emlive.core.protocol import encode, encode_frame, event_header
 from emlive.core.readers import ArrayMovie
 from emlive.stream.detector import DetectorConfig, DetectorSimulator
+from emlive.stream.modes import InputMode
 from emlive.stream.service import DenoiseService, ServiceConfig, control_request
 
 logger = logging.getLogger("emlive.bench.stream")
@@ -127,7 +128,7 @@ def _identity_service(endpoint: str, hwm: int, conn: Any) -> None:
         input=endpoint,
         output=LOCAL,
         control=LOCAL,
-        input_mode="pull",
+        input_mode=InputMode.pull,
         lossless=True,
         hwm=hwm,
         queue_size=hwm,

@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from emlive.stream.modes import DetectorMode, InputMode, RecordWhat
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,8 +61,8 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option(
             "tcp://127.0.0.1:5556", "--output", "-o", help="Address to publish denoised frames on (PUB)."
         ),
-        input_mode: str = typer.Option(
-            "sub",
+        input_mode: InputMode = typer.Option(
+            InputMode.sub,
             "--input-mode",
             help="sub: subscribe to a detector PUB; pull: be the one consumer of a detector PUSH (lossless-capable).",
         ),
@@ -72,7 +74,7 @@ def register(app: typer.Typer) -> None:
         record: Path | None = typer.Option(
             None, "--record", help="Record to PATH (.mrc/.tif): one file per acquisition and kind."
         ),
-        record_what: str = typer.Option("raw", "--record-what", help="raw, denoised or both."),
+        record_what: RecordWhat = typer.Option(RecordWhat.raw, "--record-what", help="Which frames to record."),
         record_fsync: bool = typer.Option(
             False, "--record-fsync", help="Force every recorded frame to disk (survives a power cut; slower)."
         ),
@@ -147,7 +149,9 @@ def register(app: typer.Typer) -> None:
         ),
         fps: float = typer.Option(10.0, "--fps", help="Frames per second (0: as fast as possible)."),
         output: str = typer.Option("tcp://127.0.0.1:5555", "--output", "-o", help="Address to bind."),
-        mode: str = typer.Option("pub", "--mode", help="pub (XPUB, SUB clients) or push (one PULL consumer)."),
+        mode: DetectorMode = typer.Option(
+            DetectorMode.pub, "--mode", help="pub (XPUB, SUB clients) or push (one PULL consumer)."
+        ),
         loop: bool = typer.Option(False, "--loop", help="Send the movie again and again (new acquisition each pass)."),
         frames: int | None = typer.Option(None, "--frames", help="Stop after this many frames in total."),
         acquisition: str | None = typer.Option(None, "--acquisition", help="Acquisition id (default: acq-<time>)."),

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zmq
@@ -42,10 +42,11 @@ from emlive.core.protocol import (
     open_socket,
 )
 from emlive.core.readers import Movie, open_movie
+from emlive.stream.modes import DetectorMode
 
 logger = logging.getLogger(__name__)
 
-DetectorMode = Literal["pub", "push"]
+
 MALFORMED_KINDS = (
     "bad_json",
     "unknown_type",
@@ -73,7 +74,7 @@ class DetectorConfig:
     source: str | Path = "synthetic"
     output: str = "tcp://127.0.0.1:5555"
     fps: float = 10.0
-    mode: DetectorMode = "pub"
+    mode: DetectorMode = DetectorMode.pub
     loop: bool = False
     frames: int | None = None
     acquisition: str | None = None
@@ -90,8 +91,10 @@ class DetectorConfig:
     curve_server: CurveServer | None = None
 
     def validate(self) -> None:
-        if self.mode not in ("pub", "push"):
-            raise ConfigError(f"detector mode {self.mode!r}: use 'pub' or 'push'")
+        try:
+            self.mode = DetectorMode(self.mode)
+        except ValueError:
+            raise ConfigError(f"detector mode {self.mode!r}: use 'pub' or 'push'") from None
         if not (self.fps >= 0 and np.isfinite(self.fps)):
             raise ConfigError(f"fps={self.fps}: must be a finite number >= 0 (0 sends as fast as possible)")
         if self.frames is not None and self.frames < 1:

@@ -31,11 +31,12 @@ import numpy as np
 from emlive.core.errors import ConfigError, EmliveError, InputFileError
 from emlive.core.protocol import Header
 from emlive.core.writers import MRC_DTYPES, TIFF_DTYPES, WRITER_SUFFIXES, MovieWriter, open_writer
+from emlive.stream.modes import RecordWhat
 from emlive.stream.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-RecordWhat = Literal["raw", "denoised", "both"]
+
 Kind = Literal["raw", "denoised"]
 
 

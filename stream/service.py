@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import zmq
@@ -68,6 +68,7 @@ from emlive.core.protocol import (
     open_socket,
     parse_json_object,
 )
+from emlive.stream.modes import InputMode
 from emlive.stream.recording import Recorder, RecordWhat, check_record_path
 from emlive.stream.telemetry import Telemetry, format_line
 from emlive.stream.window import FrameRecord, WindowAssembler, WindowBuffer, WindowJob, live_selection
@@ -77,9 +78,6 @@ logger = logging.getLogger(__name__)
 
 def _json_bytes(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-InputMode = Literal["sub", "pull"]
 
 
 class DenoiserLike(Protocol):
@@ -112,12 +110,12 @@ class ServiceConfig:
     model: Path | None
     input: str
     output: str
-    input_mode: InputMode = "sub"
+    input_mode: InputMode = InputMode.sub
     lossless: bool = False
     status: str | None = None
     control: str | None = None
     record: Path | None = None
-    record_what: RecordWhat = "raw"
+    record_what: RecordWhat = RecordWhat.raw
     record_fsync: bool = False
     publish_raw: bool = False
     bind_any: bool = False
@@ -137,10 +135,16 @@ class ServiceConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value, the rule and the fix."""
-        if self.input_mode not in ("sub", "pull"):
-            raise ConfigError(f"input mode {self.input_mode!r}: use 'sub' (detector PUB) or 'pull' (detector PUSH)")
-        if self.record_what not in ("raw", "denoised", "both"):
-            raise ConfigError(f"record-what {self.record_what!r}: use raw, denoised or both")
+        try:
+            self.input_mode = InputMode(self.input_mode)
+        except ValueError:
+            raise ConfigError(
+                f"input mode {self.input_mode!r}: use 'sub' (detector PUB) or 'pull' (detector PUSH)"
+            ) from None
+        try:
+            self.record_what = RecordWhat(self.record_what)
+        except ValueError:
+            raise ConfigError(f"record-what {self.record_what!r}: use raw, denoised or both") from None
         if self.queue_size < 1:
             raise ConfigError(f"queue size {self.queue_size}: must be >= 1 message")
         if self.hwm < 1 or self.output_hwm < 1:

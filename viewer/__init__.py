@@ -1,4 +1,6 @@
-"""emlive.viewer: the live browser viewer (issue "The live viewer").
+"""emlive.viewer: the live browser viewer (``emlive view``).
 
-Not built yet. It will depend on ``emlive.core`` only (checked by import-linter).
+A small aiohttp server (:mod:`emlive.viewer.server`) subscribes to the service's output and status sockets
+(:mod:`emlive.viewer.source`), prepares the newest raw/denoised pair for each browser (:mod:`emlive.viewer.render`)
+and serves one static page (``viewer/static``). It depends on ``emlive.core`` only (checked by import-linter).
 """

@@ -1,0 +1,175 @@
+"""The viewer page in headless Chromium, fed by a PUB that sends emlive/1 raw + denoised frame messages."""
+
+from __future__ import annotations
+
+import io
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from emlive.viewer.server import ViewerServer
+
+from .conftest import FakeService, canvas_sum, copy_screenshot_once, frame_pair, wait_frames
+
+pytestmark = pytest.mark.browser
+
+
+def _get(url: str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+@pytest.mark.timeout(40)
+def test_page_loads_frames_arrive_and_canvas_changes(page: Any, viewer: ViewerServer, tmp_path: Path) -> None:
+    page.goto(viewer.url)
+    wait_frames(page, 3)
+    first = canvas_sum(page)
+    first_index = page.evaluate("() => window.emlive.stats.lastIndex")
+    page.wait_for_function(f"() => window.emlive.stats.lastIndex > {first_index} + 3", timeout=5000)
+    assert canvas_sum(page) != first
+    assert canvas_sum(page, "raw") > 0
+    assert page.is_hidden("#banner")
+    page.wait_for_function("() => document.getElementById('service').textContent.includes('fake-model')")
+    shot = tmp_path / "viewer.png"
+    page.screenshot(path=str(shot))
+    assert Image.open(shot).size == (1280, 720)
+    copy_screenshot_once(shot)
+
+
+@pytest.mark.timeout(40)
+def test_contrast_controls_change_pixels(page: Any, viewer: ViewerServer) -> None:
+    page.goto(viewer.url)
+    wait_frames(page, 2)
+    page.click("#pause")  # hold one frame so only the contrast changes
+    time.sleep(0.3)
+    before = canvas_sum(page)
+    frames = page.evaluate("() => window.emlive.stats.frames")
+    page.fill("#gamma", "1")  # gamma 10: darker
+    page.dispatch_event("#gamma", "input")
+    page.wait_for_function(f"() => window.emlive.stats.frames > {frames}", timeout=5000)
+    darker = canvas_sum(page)
+    assert darker < before * 0.7
+    page.fill("#gamma", "0")
+    page.select_option("#mode", "manual")
+    page.fill("#vmin", "0")
+    page.fill("#vmax", "100000")  # everything nearly black
+    page.dispatch_event("#vmax", "input")
+    page.wait_for_function("() => document.getElementById('limits').textContent.includes('1.00e+5')", timeout=5000)
+    assert canvas_sum(page) < before * 0.1
+    # the histogram was drawn
+    assert page.evaluate(
+        "() => { const c = document.getElementById('hist'); return c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data.some((v) => v > 0); }"
+    )
+
+
+@pytest.mark.timeout(40)
+def test_pause_stops_updates_and_resume_continues(page: Any, viewer: ViewerServer) -> None:
+    page.goto(viewer.url)
+    wait_frames(page, 2)
+    page.click("#pause")
+    time.sleep(0.4)
+    index = page.evaluate("() => window.emlive.stats.lastIndex")
+    pixels = canvas_sum(page)
+    time.sleep(1.0)
+    assert page.evaluate("() => window.emlive.stats.lastIndex") == index
+    assert canvas_sum(page) == pixels
+    page.click("#pause")
+    page.wait_for_function(f"() => window.emlive.stats.lastIndex > {index} + 3", timeout=5000)
+
+
+@pytest.mark.timeout(40)
+def test_save_returns_the_shown_pair(page: Any, viewer: ViewerServer) -> None:
+    page.goto(viewer.url)
+    wait_frames(page, 2)
+    page.click("#pause")
+    time.sleep(0.4)
+    index = page.evaluate("() => window.emlive.stats.lastIndex")
+    href = page.get_attribute("#save-tiff", "href")
+    assert href is not None and "client=" in href
+    status, body, headers = _get(viewer.url + href)
+    assert status == 200 and headers["Content-Type"] == "image/tiff"
+    stack = tifffile.imread(io.BytesIO(body))
+    raw, den = frame_pair(index)
+    assert stack.dtype == np.float32 and stack.shape == (2, *raw.shape)
+    np.testing.assert_array_equal(stack[0], raw.astype(np.float32))
+    np.testing.assert_array_equal(stack[1], den)
+    # the PNG through the browser's own download
+    with page.expect_download() as info:
+        page.click("#save-png")
+    image = Image.open(info.value.path())
+    assert image.format == "PNG" and image.size == (2 * raw.shape[1] + 8, raw.shape[0])
+
+
+@pytest.mark.timeout(40)
+def test_token_enforced_when_exposed(
+    page: Any, fake_service: FakeService, make_viewer: Callable[..., ViewerServer]
+) -> None:
+    server = make_viewer(fake_service.endpoint, token="s3cret-token")
+    base = f"http://127.0.0.1:{server.bound_port}/"
+    for path in ("", "ws", "api/save?format=tiff", "api/health"):
+        status, body, _ = _get(base + path)
+        assert status == 403, path
+        assert b"token" in body
+    assert _get(base + "?token=wrong")[0] == 403
+    page.goto(server.url)
+    wait_frames(page, 2)
+    assert _get(base + "api/save?format=png&token=s3cret-token")[0] == 200
+
+
+@pytest.mark.timeout(40)
+def test_banner_on_stale_stream_and_reconnection(
+    page: Any, fake_service: FakeService, make_viewer: Callable[..., ViewerServer]
+) -> None:
+    server = make_viewer(fake_service.endpoint, stale_after_s=1.0)
+    page.goto(server.url)
+    wait_frames(page, 2)
+    fake_service.sending.clear()
+    page.wait_for_function("() => document.getElementById('banner').textContent.includes('Stream stopped')")
+    fake_service.sending.set()
+    page.wait_for_selector("#banner", state="hidden", timeout=5000)
+    # the viewer server goes away: the page says so and reconnects to its successor on the same port
+    port = server.bound_port
+    server.stop()
+    page.wait_for_function("() => document.getElementById('banner').textContent.includes('unreachable')")
+    frames = page.evaluate("() => window.emlive.stats.frames")
+    make_viewer(fake_service.endpoint, port=port)
+    page.wait_for_function(f"() => window.emlive.stats.frames > {frames} + 2", timeout=15000)
+    page.wait_for_selector("#banner", state="hidden", timeout=5000)
+
+
+@pytest.mark.timeout(30)
+def test_zoom_pan_stay_in_sync_and_pixel_probe(page: Any, viewer: ViewerServer) -> None:
+    page.goto(viewer.url)
+    wait_frames(page, 2)
+    page.click("#pause")
+    box = page.locator("#view-raw .viewport").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -400)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 30, box["y"] + box["height"] / 2 + 10)
+    page.mouse.up()
+    t_raw = page.eval_on_selector("#canvas-raw", "c => c.style.transform")
+    assert "scale" in t_raw and t_raw == page.eval_on_selector("#canvas-denoised", "c => c.style.transform")
+    page.wait_for_function("() => document.getElementById('probe').textContent.includes('raw')", timeout=5000)
+    text = page.inner_text("#probe")
+    index = page.evaluate("() => window.emlive.stats.lastIndex")
+    x, y = _xy(text)
+    raw, _ = frame_pair(index)
+    assert f"raw {raw[y, x]:.3f}" in text
+
+
+def _xy(text: str) -> tuple[int, int]:
+    parts = text.replace(",", " ").split()
+    return int(parts[parts.index("x") + 1]), int(parts[parts.index("y") + 1])

@@ -1,0 +1,179 @@
+"""The viewer's ZeroMQ side: a thread that subscribes to the service's output (and status) and keeps the newest
+raw/denoised frame pair.
+
+``CONFLATE`` keeps one message per socket but breaks multipart messages, so the thread drains the SUB socket
+with ``NOBLOCK`` until it is empty (at most :data:`MAX_DRAIN` messages per round), pairs raw and denoised frames
+by (acquisition, index) and prepares only the newest pair (binning and statistics), which it hands to
+``on_pair``. A slow viewer therefore never holds up the service: the service's PUB drops what this SUB cannot take.
+ZeroMQ reconnects by itself; staleness is judged by the time since the last frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from emlive.core.protocol import ProtocolError, connect, decode, open_socket
+from emlive.viewer.render import FramePair, bin_factor, make_channel
+
+logger = logging.getLogger(__name__)
+
+MAX_DRAIN = 256
+_RAW_KEEP = 8
+_RAW_ONLY_AFTER_S = 1.0  # show raw frames alone when no denoised frame came for this long (a bare detector)
+
+
+class FrameSource:
+    """Subscribe to ``source`` (and ``status``) in a background thread; call ``on_pair`` with each newest pair.
+
+    ``on_pair`` and ``on_status`` run in the receiver thread: they must be quick (the server hands the pair over
+    to its event loop).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        status: str | None,
+        max_size: int,
+        on_pair: Callable[[FramePair], None],
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        hwm: int = 64,
+    ) -> None:
+        bin_factor((1, 1), max_size)  # validates max_size
+        self.source, self.status_addr, self.max_size, self.hwm = source, status, max_size, hwm
+        self._on_pair, self._on_status, self._on_event = on_pair, on_status, on_event
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._raw: OrderedDict[tuple[str, int], tuple[dict[str, Any], np.ndarray, float]] = OrderedDict()
+        self._last_denoised = 0.0
+        self.received = 0
+        self.rejected = 0
+        self.prepared = 0
+        self.last_frame_at: float | None = None
+        self.last_status_at: float | None = None
+        self._sub = open_socket(self._ctx, zmq.SUB, hwm=hwm, linger_ms=0)
+        self._status_sub: zmq.Socket[Any] | None = None
+        try:
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+            connect(self._sub, source)
+            if status is not None:
+                self._status_sub = open_socket(self._ctx, zmq.SUB, hwm=16, linger_ms=0)
+                self._status_sub.setsockopt(zmq.SUBSCRIBE, b"")
+                connect(self._status_sub, status)
+        except Exception:
+            self._close_sockets()
+            raise
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="emlive-viewer-sub", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        self._sub.close(linger=0)
+        if self._status_sub is not None:
+            self._status_sub.close(linger=0)
+        self._ctx.term()
+
+    # --- receiving ----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sub, zmq.POLLIN)
+        if self._status_sub is not None:
+            poller.register(self._status_sub, zmq.POLLIN)
+        while not self._stop.is_set():
+            events = dict(poller.poll(100))
+            if self._status_sub is not None and self._status_sub in events:
+                self._drain_status()
+            if self._sub in events:
+                newest = self._drain_frames()
+                if newest is not None:
+                    self._prepare(newest)
+
+    def _drain_status(self) -> None:
+        assert self._status_sub is not None  # registered only when present
+        for _ in range(MAX_DRAIN):
+            try:
+                data = self._status_sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                status = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                logger.warning("status message is not JSON (%s); is --status the service's status address?", exc)
+                continue
+            if isinstance(status, dict):
+                self.last_status_at = time.time()
+                if self._on_status is not None:
+                    self._on_status(status)
+
+    def _drain_frames(self) -> tuple[Any, ...] | None:
+        """Read everything queued; returns the newest (raw, denoised) pair seen, unprepared, or None."""
+        newest: tuple[Any, ...] | None = None
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = decode(parts, check_finite=False)
+            except ProtocolError as exc:
+                self.rejected += 1
+                logger.warning("dropped a message from %s: %s", self.source, exc)
+                continue
+            header = msg.header
+            now = time.time()
+            if header.type != "frame" or msg.data is None or header.index is None:
+                if self._on_event is not None:
+                    self._on_event({"type": header.type, "acquisition": header.acquisition, "index": header.index})
+                continue
+            self.received += 1
+            self.last_frame_at = now
+            hdict = header.to_dict()
+            key = (header.acquisition, header.index)
+            if header.kind == "denoised":
+                self._last_denoised = now
+                raw = self._raw.pop(key, None)
+                newest = (key, header.timestamp, now, raw, (hdict, msg.data))
+            else:
+                self._raw[key] = (hdict, msg.data, now)
+                while len(self._raw) > _RAW_KEEP:
+                    self._raw.popitem(last=False)
+                if now - self._last_denoised > _RAW_ONLY_AFTER_S:
+                    newest = (key, header.timestamp, now, (hdict, msg.data, now), None)
+        return newest
+
+    def _prepare(self, newest: tuple[Any, ...]) -> None:
+        (acq, index), timestamp, now, raw, den = newest
+        shape = (den[1] if den is not None else raw[1]).shape
+        factor = bin_factor((int(shape[0]), int(shape[1])), self.max_size)
+        try:
+            pair = FramePair(
+                acquisition=acq,
+                index=index,
+                timestamp=timestamp,
+                factor=factor,
+                received_at=now,
+                raw=None if raw is None else make_channel("raw", raw[0], raw[1], factor),
+                denoised=None if den is None else make_channel("denoised", den[0], den[1], factor),
+            )
+        except (ValueError, TypeError, MemoryError) as exc:
+            logger.warning("frame %d of %r could not be prepared for display: %s", index, acq, exc)
+            return
+        self.prepared += 1
+        self._on_pair(pair)
