@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.emlive-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test lint typecheck install wheel-smoke bench clean browser
+.PHONY: demo demo-offline test lint typecheck install wheel-smoke bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_SOURCE ?= synthetic
+
+# The live demo: detector simulator -> denoising service -> browser viewer (Ctrl-C stops all three).
 demo: $(STAMP)
-	$(BIN)/emlive demo --out $(DEMO_DIR)
+	$(BIN)/emlive demo --source $(DEMO_SOURCE)
+
+# The offline job: simulate, train synthetic-small (about 15 min on 2 cores), denoise, score.
+demo-offline: $(STAMP)
+	$(BIN)/emlive demo-offline --out $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,6 +61,35 @@ _register_components()
 
 @app.command("demo")
 def demo(
+    model: Path | None = typer.Option(None, "--model", "-m", help="Model to serve (default: the shipped one)."),
+    source: str = typer.Option(
+        "synthetic", "--source", "-s", help="Movie file/folder to stream, or 'synthetic' (env DEMO_SOURCE in make)."
+    ),
+    fps: float = typer.Option(
+        10.0, "--fps", help="Detector frame rate; the service skips what it cannot keep up with."
+    ),
+    size: int = typer.Option(512, "--size", help="Synthetic frame size (pixels)."),
+    port: int = typer.Option(8000, "--port", "-p", help="Port of the viewer page (0: any free port)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference."),
+    duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
+) -> None:
+    """The live demo: a simulated detector streams an in-situ movie, `emlive serve` denoises it with the shipped
+    model and `emlive view` shows raw and denoised frames side by side in your browser. Ctrl-C stops all three."""
+    from emlive.demo import LiveDemo, default_model
+
+    live = LiveDemo(model or default_model(), source=source, fps=fps, size=size, port=port, threads=threads)
+    url = live.start()
+    typer.echo(f"\n  emlive live demo: open {url} in a browser (Ctrl-C stops)\n")
+    try:
+        live.wait(duration)
+    except KeyboardInterrupt:
+        typer.echo("stopping the demo ...")
+    finally:
+        live.stop()
+
+
+@app.command("demo-offline")
+def demo_offline(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for the movie, the model and the results."),
     size: int = typer.Option(512, help="Frame size in pixels (square)."),
     frames: int = typer.Option(64, help="Number of frames to simulate."),

@@ -1,6 +1,7 @@
-"""``emlive demo``: the whole offline job on generated data, end to end.
+"""The demos: ``emlive demo`` (live: detector -> service -> browser viewer, with the shipped model) and
+``emlive demo-offline`` (the whole offline job on generated data, end to end).
 
-Simulate an in-situ movie, train the ``synthetic-small`` config on its noisy frames alone, denoise the movie
+Offline: simulate an in-situ movie, train the ``synthetic-small`` config on its noisy frames alone, denoise the movie
 through the inference runtime (whole frames), and report PSNR/SSIM of the raw movie, the 5-frame average, the
 best Gaussian filter and the trained model against the simulator's ground truth, with a before/after PNG.
 """
@@ -9,12 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from emlive.analysis.baselines import best_gaussian, temporal_average
+from emlive.core.errors import EmliveError
 from emlive.core.metrics import psnr_paper, ssim_paper
 from emlive.core.readers import open_movie
 from emlive.core.simulate import SimulationConfig, write_simulation
@@ -112,3 +120,152 @@ def run_offline_demo(
     )
     (out / "scores.json").write_text(json.dumps([s.__dict__ for s in scores], indent=2))
     return scores
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "synthetic-small.pt"
+
+
+def default_model() -> Path:
+    """The model shipped with emlive (trained by the project on its own synthetic movies; models/README.md)."""
+    if not DEFAULT_MODEL.is_file():
+        raise EmliveError(
+            f"{DEFAULT_MODEL}: the shipped default model is missing from this installation; "
+            "pass --model PATH or reinstall emlive"
+        )
+    return DEFAULT_MODEL
+
+
+def read_line_with_prefix(proc: subprocess.Popen[bytes], prefix: str, what: str, timeout: float = 60.0) -> str:
+    """The first stdout line of ``proc`` that starts with ``prefix`` (after stripping blanks).
+
+    Reads the pipe's file descriptor directly: ``select`` on a buffered reader can miss lines already buffered.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if text.startswith(prefix):
+                    return text
+            if chunk:
+                continue
+        if proc.poll() is not None:
+            raise EmliveError(f"the {what} exited with code {proc.returncode} before it was ready (see its log)")
+    raise EmliveError(f"the {what} was not ready within {timeout:.0f} s")
+
+
+@dataclass
+class LiveDemo:
+    """Detector simulator -> denoising service -> viewer, as three processes (three GILs on a small CPU)."""
+
+    model: Path
+    source: str = "synthetic"
+    fps: float = 10.0
+    size: int = 512
+    port: int = 8000
+    threads: int | None = None
+    processes: list[tuple[str, subprocess.Popen[bytes]]] | None = None
+    url: str = ""
+
+    def start(self) -> str:
+        """Start the three processes; returns the viewer's URL."""
+        py = [sys.executable, "-m", "emlive"]
+        self.processes = []
+        try:
+            det = self._spawn(
+                "detector",
+                [
+                    *py,
+                    "detector",
+                    "--source",
+                    self.source,
+                    "--fps",
+                    str(self.fps),
+                    "--output",
+                    "tcp://127.0.0.1:0",
+                    "--mode",
+                    "push",
+                    "--loop",
+                    "--size",
+                    str(self.size),
+                ],
+            )
+            endpoint = json.loads(read_line_with_prefix(det, "{", "demo's detector"))["endpoint"]
+            serve_cmd = [
+                *py,
+                "serve",
+                "--model",
+                str(self.model),
+                "--input",
+                endpoint,
+                "--input-mode",
+                "pull",
+                "--output",
+                "tcp://127.0.0.1:0",
+                "--status",
+                "tcp://127.0.0.1:0",
+                "--publish-raw",
+                "--status-interval",
+                "10",
+            ]
+            if self.threads:
+                serve_cmd += ["--threads", str(self.threads)]
+            srv = self._spawn("service", serve_cmd)
+            endpoints = json.loads(read_line_with_prefix(srv, "{", "demo's service"))["endpoints"]
+            view = self._spawn(
+                "viewer",
+                [
+                    *py,
+                    "view",
+                    "--source",
+                    endpoints["output"],
+                    "--status",
+                    endpoints["status"],
+                    "--port",
+                    str(self.port),
+                ],
+            )
+            self.url = read_line_with_prefix(view, "emlive viewer:", "demo's viewer").split(":", 1)[1].strip()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log.info("starting the %s: %s", name, " ".join(cmd[2:]))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        assert self.processes is not None
+        self.processes.append((name, proc))
+        return proc
+
+    def wait(self, duration: float | None = None) -> None:
+        """Block until ``duration`` seconds pass (forever if None) or one of the processes exits."""
+        deadline = None if duration is None else time.monotonic() + duration
+        while deadline is None or time.monotonic() < deadline:
+            for name, proc in self.processes or []:
+                if proc.poll() is not None:
+                    raise EmliveError(f"the demo's {name} stopped unexpectedly (exit code {proc.returncode})")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """SIGINT every process (clean shutdown), then kill what is still running after 10 s."""
+        for _, proc in reversed(self.processes or []):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for name, proc in reversed(self.processes or []):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("the %s did not stop within 10 s: killing it", name)
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self.processes = []

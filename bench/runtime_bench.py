@@ -12,8 +12,10 @@ normalisation costs the same); every backend's ``speedup`` is the reference's me
 the same device type (CPU backends against the CPU reference, GPU backends against a CUDA reference).
 Repetitions are interleaved (reference, backend 1, backend 2, reference, ...) and the median is reported, so a
 second process on the machine slows all of them alike. Runtimes with a warm-up effect (ONNX Runtime sessions,
-TensorRT) get one untimed call per size first; the PyTorch runners too up to 1024 px (their first call at a new
-shape sets up oneDNN, about half a second, which is noise at larger sizes, where a call takes a minute).
+TensorRT) get one untimed call per size first; the PyTorch runners too at 512 px and below (their first call at
+a new shape costs about half a second, noise at larger sizes). To keep the default run to a few minutes on two
+cores, the ``torch_*`` backends (not the eager reference) are skipped above 1024 px unless ``--backends`` names
+them, and repetitions shrink with the frame size (``repeats_for``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZES_CPU = (512, 1024, 2048)
 DEFAULT_SIZES_GPU = (512, 1024, 2048, 4096)
 REFERENCE = "torch eager (reference)"
-WARM_UP_TORCH_UP_TO = 1024  # PyTorch's first call at a new shape costs ~0.5 s; beyond this size it is noise
+WARM_UP_TORCH_UP_TO = 512  # PyTorch's first call at a new shape costs ~0.5 s; beyond this size it is noise
+TORCH_BACKEND_UP_TO = 1024  # by default the torch_* backends (not the reference) stop here: ~1 min/frame beyond
 
 
 @dataclass
@@ -111,6 +114,7 @@ class _Runner:
     denoiser: Denoiser
     warm_up: bool
     reference_of: str | None = None  # "cpu"/"cuda" for a reference runner
+    max_size: int | None = None  # skipped at larger sizes
 
     @property
     def key(self) -> str:
@@ -173,7 +177,14 @@ def run_runtime_benchmark(
         else:
             assert model is not None
             den = Denoiser.load(model, name, threads=threads)
-        runners.append(_Runner(name.value, den, warm_up=not name.value.startswith("torch")))
+        runners.append(
+            _Runner(
+                name.value,
+                den,
+                warm_up=not name.value.startswith("torch"),
+                max_size=TORCH_BACKEND_UP_TO if name.value.startswith("torch") and chosen is None else None,
+            )
+        )
         say(f"backend {name.value}: {den.device}")
     if net is not None:
         device_types = sorted({r.device_type for r in runners})
@@ -189,22 +200,26 @@ def run_runtime_benchmark(
     for size in sizes:
         window = synthetic_window(size, card.frames)
         reps = repeats_for(size, repeats)
-        tiles = {r.key: len(plan_tiles(size, size, r.denoiser.tile, card.network)) for r in runners}
+        active = [r for r in runners if r.max_size is None or size <= r.max_size]
         for r in runners:
+            if r not in active:
+                say(f"{size}x{size}: {r.key} skipped above {r.max_size} px by default (name it in --backends)")
+        tiles = {r.key: len(plan_tiles(size, size, r.denoiser.tile, card.network)) for r in active}
+        for r in active:
             if r.warm_up or size <= WARM_UP_TORCH_UP_TO:
                 t0 = time.perf_counter()
                 r.denoiser.denoise_window(window)
                 say(f"{size}x{size}: {r.label} warm-up {1e3 * (time.perf_counter() - t0):.0f} ms")
-        times: dict[str, list[float]] = {r.key: [] for r in runners}
+        times: dict[str, list[float]] = {r.key: [] for r in active}
         for rep in range(reps):
-            for r in runners:
+            for r in active:
                 t0 = time.perf_counter()
                 r.denoiser.denoise_window(window)
                 seconds = time.perf_counter() - t0
                 times[r.key].append(seconds)
                 say(f"{size}x{size}: {r.key} {rep + 1}/{reps}: {1e3 * seconds:.0f} ms")
         medians = {k: statistics.median(v) for k, v in times.items()}
-        for r in runners:
+        for r in active:
             t = medians[r.key]
             ref_key = f"{REFERENCE} [{r.device_type}]"
             speedup = medians[ref_key] / t if ref_key in medians else None

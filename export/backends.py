@@ -8,8 +8,11 @@ reuses them for every frame of a given shape.
 ONNX Runtime on the CPU is tuned for throughput of one window at a time:
 
 * graph optimisation level ALL (constant folding, GELU fusion and the NCHWc blocked layout with Conv+Add fusion),
-  sequential execution, intra-op threads = physical cores (``threads`` overrides), the CPU memory arena and
-  memory patterns on;
+  sequential execution, intra-op threads = physical cores (``threads`` overrides), the CPU memory arena on and
+  memory patterns off: with patterns ONNX Runtime plans one block for all intermediates, which doubled the peak
+  memory (3.3 GB instead of 1.7 GB at 512 x 512 for the default model) and page-faulted it anew on every run,
+  for no speed gain. Peak memory of the default model: about 1.7 GB for a 512 x 512 frame, 6 GB for 1024 x 1024
+  (the default CPU tile; pass a smaller ``tile`` to bound it);
 * **one session per frame shape**, with the symbolic height/width fixed through free-dimension overrides. With
   known shapes the NCHWc optimiser can prove that the summed read-outs have equal shapes and fuses each addition
   into its convolution; with symbolic shapes it inserts reshapes and separate additions (about 10-15 % slower on
@@ -204,7 +207,7 @@ class OrtEngine(InferenceEngine):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = True
-        options.enable_mem_pattern = True
+        options.enable_mem_pattern = False  # halves peak memory at equal speed (see the module docstring)
         options.log_severity_level = 3
         if shape is not None:
             options.add_free_dimension_override_by_name("batch", 1)
@@ -342,8 +345,14 @@ class OpenVinoEngine(InferenceEngine):
 
 # --- PyTorch ---------------------------------------------------------------------------------------------------------
 class TorchEngine(InferenceEngine):
-    """PyTorch eager on CPU or CUDA. ``fold`` (default) runs the folded network of :mod:`emlive.export.folding`;
-    ``fold=False`` runs ``BlindSpotNet`` itself (the benchmarks' reference)."""
+    """PyTorch eager on CPU or CUDA.
+
+    ``fold=None`` (default) runs ``BlindSpotNet.fused()`` on the CPU (plain convolutions, no mask multiply; the
+    folded network of :mod:`emlive.export.folding` was ~15 % *slower* in PyTorch on the CPU, whose bilinear
+    upsampling of the 288-channel folded maps costs more than the multiply-adds it saves) and the folded network on
+    CUDA (fewer multiply-adds and less memory; never run here). ``fold=True`` forces the folded network,
+    ``fold=False`` runs ``BlindSpotNet`` itself with its ring masks (the benchmarks' eager reference).
+    """
 
     def __init__(
         self,
@@ -352,7 +361,7 @@ class TorchEngine(InferenceEngine):
         device: str,
         *,
         threads: int | None = None,
-        fold: bool = True,
+        fold: bool | None = None,
         name: str | None = None,
     ) -> None:
         if device.startswith("cuda"):
@@ -361,12 +370,17 @@ class TorchEngine(InferenceEngine):
                 raise BackendUnavailableError(f"backend torch_cuda: {reason}; {GPU_INSTALL_HINT}")
         if threads is not None and not device.startswith("cuda"):
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread count
-        module: nn.Module = fold_network(net) if fold else net.float().eval()
+        cuda = device.startswith("cuda")
+        module: nn.Module
+        if fold is None:
+            module = fold_network(net) if cuda else net.float().fused()
+        else:
+            module = fold_network(net) if fold else net.float()
         self._module = module.to(device).eval()
         self._device = torch.device(device)
         self.card = card
-        self.name = name or ("torch_cuda" if self._device.type == "cuda" else "torch_cpu")
-        if self._device.type == "cuda":
+        self.name = name or ("torch_cuda" if cuda else "torch_cpu")
+        if cuda:
             self.device = cuda_description(self._device.index or 0)
             self.default_tile = DEFAULT_TILE_GPU
         else:

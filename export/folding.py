@@ -50,6 +50,8 @@ class FoldedBlindSpotNet(nn.Module):
         rings: dict[str, nn.Module] = {}
         for name, readout in src.readouts.items():
             ring = readout.ring
+            if not isinstance(ring, nn.Module):
+                raise TypeError(f"read-out {name} has no ring module")
             rings[name] = ring.to_conv2d() if isinstance(ring, RingConv2d) else ring
         self.rings = nn.ModuleDict(rings)
         head_in = src.head[0]
@@ -61,6 +63,8 @@ class FoldedBlindSpotNet(nn.Module):
         for i, (s, k, _, _) in enumerate(self.plan):
             name = f"s{s}_b{k}"
             proj = src.readouts[name].proj
+            if not isinstance(proj, nn.Conv2d):
+                raise TypeError(f"read-out {name}: expected a 1x1 Conv2d projection, got {type(proj).__name__}")
             p = proj.weight.detach()[:, :, 0, 0].double()
             folded = w1[:, i * width : (i + 1) * width] @ p
             conv = nn.Conv2d(width, folded.shape[0], 1, bias=False)
@@ -84,36 +88,30 @@ class FoldedBlindSpotNet(nn.Module):
             base = torch.cat([center, self.neighbour_embed(neighbours)], dim=1)
         else:
             base = center
-        full_res: list[tuple[str, torch.Tensor]] = []
-        coarse: list[tuple[int, torch.Tensor]] = []
-        level = base
-        for s in range(cfg.scales):
-            if s > 0:
-                level = F.avg_pool2d(level, 2)
-            feat = level
+        levels = [base]
+        for _ in range(1, cfg.scales):
+            levels.append(F.avg_pool2d(levels[-1], 2))
+        # Coarse scales first, coarsest first, each summed at its own resolution and upsampled once; then the
+        # full-resolution read-outs, whose projections accumulate into the total (fused Conv+Add in ONNX Runtime).
+        # In this order only the running total and one upsampled map are alive at full resolution with the base.
+        total: torch.Tensor | None = None
+        for s in range(cfg.scales - 1, -1, -1):
+            feat = levels[s]
             wanted = {k for (ss, k, _, _) in self.plan if ss == s}
-            acc: torch.Tensor | None = None
+            acc: torch.Tensor | None = total if s == 0 else None
             for k in range(cfg.blocks + 1):
                 if k > 0:
                     feat = self.blocks[f"s{s}_b{k}"](feat)
                 if k not in wanted:
                     continue
                 name = f"s{s}_b{k}"
-                g = F.gelu(self.rings[name](feat))
-                if s == 0:
-                    full_res.append((name, g))
-                    continue
-                t = self.projections[name](g)
+                t = self.projections[name](F.gelu(self.rings[name](feat)))
                 acc = t if acc is None else t + acc
-            if s > 0 and acc is not None:
-                coarse.append((s, acc))
-        total: torch.Tensor | None = None
-        for s, acc in reversed(coarse):
-            up = F.interpolate(acc, scale_factor=float(2**s), mode="bilinear", align_corners=False)
-            total = up if total is None else up + total
-        for name, g in full_res:
-            t = self.projections[name](g)
-            total = t if total is None else t + total
+            if s == 0:
+                total = acc
+            elif acc is not None:
+                up = F.interpolate(acc, scale_factor=float(2**s), mode="bilinear", align_corners=False)
+                total = up if total is None else up + total
         if total is None:  # unreachable: every plan has a full-resolution read-out
             raise RuntimeError("network plan without read-outs")
         y = self.head_rest(total)

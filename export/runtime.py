@@ -231,7 +231,7 @@ def _load_model(path: Path) -> _Model:
     return _Model(path, kind, card, build=build)
 
 
-def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold: bool = True) -> InferenceEngine:
+def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None) -> InferenceEngine:
     mismatch = _kind_mismatch(backend, model.kind)
     if mismatch:
         raise BackendUnavailableError(
@@ -284,7 +284,7 @@ def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold:
     return TensorRTEngine(engine_path, model.card)
 
 
-def _select(model: _Model, backend: BackendName, threads: int | None, fold: bool = True) -> InferenceEngine:
+def _select(model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None) -> InferenceEngine:
     if backend is not BackendName.auto:
         return _make_engine(model, backend, threads, fold)
     skipped: list[str] = []
@@ -380,10 +380,11 @@ class Denoiser:
         *,
         threads: int | None = None,
         tile: int | None = None,
-        fold: bool = True,
+        fold: bool | None = None,
     ) -> Denoiser:
-        """A denoiser for an in-memory network (as if loaded from its checkpoint). ``fold=False`` keeps the
-        PyTorch backends on the original ``BlindSpotNet`` (the benchmarks' eager reference)."""
+        """A denoiser for an in-memory network (as if loaded from its checkpoint). ``fold`` matters only for the
+        PyTorch backends (see :class:`~emlive.export.backends.TorchEngine`): ``False`` runs the original
+        ``BlindSpotNet`` with its ring masks (the benchmarks' eager reference)."""
         chosen = parse_backend(backend)
         card = card or ModelCard(network=net.config)
         model = _Model(None, "checkpoint", card, net=net.float().cpu().eval())
