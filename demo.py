@@ -122,7 +122,7 @@ def run_offline_demo(
     return scores
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "synthetic-small.pt"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "synthetic-live.pt"
 
 
 def default_model() -> Path:

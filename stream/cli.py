@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from emlive.stream.modes import DetectorMode, InputMode, RecordWhat
+from emlive.stream.modes import DetectorMode, InputFormat, InputMode, RecordWhat
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,20 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option(
             "tcp://127.0.0.1:5556", "--output", "-o", help="Address to publish denoised frames on (PUB)."
         ),
-        input_mode: InputMode = typer.Option(
-            InputMode.sub,
+        input_mode: InputMode | None = typer.Option(
+            None,
             "--input-mode",
-            help="sub: subscribe to a detector PUB; pull: be the one consumer of a detector PUSH (lossless-capable).",
+            help="sub: subscribe to a detector PUB; pull: be the one consumer of a detector PUSH (lossless-capable). "
+            "Default: pull for the DECTRIS formats, sub otherwise.",
+        ),
+        input_format: InputFormat = typer.Option(
+            InputFormat.emlive,
+            "--input-format",
+            help="What the detector sends: emlive (emlive/1), dectris-v1 (stream v1), dectris-v2 (stream v2, CBOR) "
+            "or auto (detected from the first message; give --input-mode pull for a DECTRIS detector).",
+        ),
+        dectris_channel: str | None = typer.Option(
+            None, "--dectris-channel", help="DECTRIS stream v2: the image channel to denoise (default: the first)."
         ),
         lossless: bool = typer.Option(
             False, "--lossless", help="Denoise every frame; a full queue back-pressures the detector (PULL input)."
@@ -117,7 +127,10 @@ def register(app: typer.Typer) -> None:
             model=model,
             input=input_,
             output=output,
-            input_mode=input_mode,  # validated by ServiceConfig.validate
+            input_mode=input_mode
+            or (InputMode.pull if input_format in (InputFormat.dectris_v1, InputFormat.dectris_v2) else InputMode.sub),
+            input_format=input_format,  # validated by ServiceConfig.validate
+            dectris_channel=dectris_channel,
             lossless=lossless,
             status=status,
             control=control,

@@ -25,3 +25,13 @@ class DetectorMode(StrEnum):
 
     pub = "pub"
     push = "push"
+
+
+class InputFormat(StrEnum):
+    """What the detector sends: emlive/1 messages, DECTRIS stream v1 (JSON + blobs) or v2 (CBOR), or auto
+    (detected from the first message)."""
+
+    emlive = "emlive"
+    dectris_v1 = "dectris-v1"
+    dectris_v2 = "dectris-v2"
+    auto = "auto"

@@ -57,6 +57,7 @@ from emlive.core.protocol import (
     CurveClient,
     CurveServer,
     Header,
+    Message,
     ProtocolError,
     bind,
     check_bind_endpoint,
@@ -68,7 +69,7 @@ from emlive.core.protocol import (
     open_socket,
     parse_json_object,
 )
-from emlive.stream.modes import InputMode
+from emlive.stream.modes import InputFormat, InputMode
 from emlive.stream.recording import Recorder, RecordWhat, check_record_path
 from emlive.stream.telemetry import Telemetry, format_line
 from emlive.stream.window import FrameRecord, WindowAssembler, WindowBuffer, WindowJob, live_selection
@@ -111,6 +112,8 @@ class ServiceConfig:
     input: str
     output: str
     input_mode: InputMode = InputMode.sub
+    input_format: InputFormat = InputFormat.emlive
+    dectris_channel: str | None = None
     lossless: bool = False
     status: str | None = None
     control: str | None = None
@@ -141,6 +144,17 @@ class ServiceConfig:
             raise ConfigError(
                 f"input mode {self.input_mode!r}: use 'sub' (detector PUB) or 'pull' (detector PUSH)"
             ) from None
+        try:
+            self.input_format = InputFormat(self.input_format)
+        except ValueError:
+            raise ConfigError(
+                f"input format {self.input_format!r}: use one of {', '.join(f.value for f in InputFormat)}"
+            ) from None
+        if self.input_format in (InputFormat.dectris_v1, InputFormat.dectris_v2) and self.input_mode == "sub":
+            raise ConfigError(
+                f"input format {self.input_format} with input mode sub: DECTRIS detectors PUSH their stream to one "
+                "consumer; use --input-mode pull"
+            )
         try:
             self.record_what = RecordWhat(self.record_what)
         except ValueError:
@@ -298,6 +312,13 @@ class DenoiseService:
         self._backpressure_logged = -1e9
         self._dropped_logged = -1e9
         self._pipeline: threading.Thread | None = None
+        self._decoder: Any = None  # emlive.stream.dectris.DectrisDecoder for non-emlive inputs
+        if config.input_format != InputFormat.emlive:
+            from emlive.stream.dectris import DectrisDecoder
+
+            self._decoder = DectrisDecoder(
+                config.input_format, channel=config.dectris_channel, max_frame_bytes=config.max_frame_bytes
+            )
         self._started = False
         self._stopped = False
         self.endpoints: dict[str, str] = {}
@@ -658,12 +679,18 @@ class DenoiseService:
     def _handle(self, parts: list[zmq.Frame], received: float, received_wall: float) -> list[_Action]:
         start = time.perf_counter()
         try:
-            msg = decode(parts, max_frame_bytes=self.config.max_frame_bytes, check_finite=True)
+            if self._decoder is None:
+                msgs = [decode(parts, max_frame_bytes=self.config.max_frame_bytes, check_finite=True)]
+            else:
+                msgs = self._decoder.decode(parts)
         except ProtocolError as exc:
             self.telemetry.reject(exc.reason)
             logger.warning("rejected message (%s): %s", exc.reason, exc)
             return []
         self.telemetry.stage("decode", time.perf_counter() - start, count="decoded")
+        return [action for msg in msgs for action in self._handle_message(msg, received, received_wall)]
+
+    def _handle_message(self, msg: Message, received: float, received_wall: float) -> list[_Action]:
         header = msg.header
         assembler = self._assembler
         if assembler is None:
