@@ -192,6 +192,16 @@ class ReadOut(nn.Module):
         return self.proj(F.gelu(self.ring(x)))
 
 
+def embed_frames(center_embed: nn.Module, neighbour_embed: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The base feature map: the center frame through 1x1 convolutions only, the other frames through 3x3 ones."""
+    c = x.shape[1] // 2
+    center = F.gelu(center_embed(x[:, c : c + 1]))
+    if x.shape[1] == 1:
+        return center
+    neighbours = torch.cat([x[:, :c], x[:, c + 1 :]], dim=1)
+    return torch.cat([center, neighbour_embed(neighbours)], dim=1)
+
+
 class BlindSpotNet(nn.Module):
     """Blind-spot denoiser: (B, N, H, W) z-scored frames in, (B, 1, H, W) estimate of the center frame out."""
 
@@ -231,13 +241,7 @@ class BlindSpotNet(nn.Module):
         pad_h, pad_w = (-h) % m, (-w) % m
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros: a reflected copy of a pixel's noise would leak
-        c = cfg.frames // 2
-        center = F.gelu(self.center_embed(x[:, c : c + 1]))
-        if cfg.frames > 1:
-            neighbours = torch.cat([x[:, :c], x[:, c + 1 :]], dim=1)
-            base = torch.cat([center, self.neighbour_embed(neighbours)], dim=1)
-        else:
-            base = center
+        base = embed_frames(self.center_embed, self.neighbour_embed, x)
         full_size = (base.shape[-2], base.shape[-1])
         outputs: list[torch.Tensor] = []
         level = base

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emlive.core.network import BlindSpotNet, NetworkConfig, RingConv2d
+from emlive.core.network import BlindSpotNet, NetworkConfig, RingConv2d, embed_frames
 
 
 class FoldedBlindSpotNet(nn.Module):
@@ -81,13 +81,7 @@ class FoldedBlindSpotNet(nn.Module):
         m = cfg.pad_multiple
         # Always a Pad node (zero-size when aligned): the graph stays correct for any exported H, W.
         x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))
-        c = cfg.frames // 2
-        center = F.gelu(self.center_embed(x[:, c : c + 1]))
-        if cfg.frames > 1:
-            neighbours = torch.cat([x[:, :c], x[:, c + 1 :]], dim=1)
-            base = torch.cat([center, self.neighbour_embed(neighbours)], dim=1)
-        else:
-            base = center
+        base = embed_frames(self.center_embed, self.neighbour_embed, x)
         levels = [base]
         for _ in range(1, cfg.scales):
             levels.append(F.avg_pool2d(levels[-1], 2))
