@@ -8,6 +8,7 @@ best Gaussian filter and the trained model against the simulator's ground truth,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -176,6 +177,9 @@ class LiveDemo:
 
     def start(self) -> str:
         """Start the three processes; returns the viewer's URL."""
+        missing = [name for name in ("aiohttp", "PIL") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise EmliveError(f"the live demo's viewer needs {', '.join(missing)}: pip install 'emlive[viewer]'")
         py = [sys.executable, "-m", "emlive"]
         self.processes = []
         try:

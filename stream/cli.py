@@ -65,13 +65,13 @@ def register(app: typer.Typer) -> None:
             None,
             "--input-mode",
             help="sub: subscribe to a detector PUB; pull: be the one consumer of a detector PUSH (lossless-capable). "
-            "Default: pull for the DECTRIS formats, sub otherwise.",
+            "Default: pull for the DECTRIS formats and auto (detectors that PUSH), sub for emlive.",
         ),
         input_format: InputFormat = typer.Option(
             InputFormat.emlive,
             "--input-format",
             help="What the detector sends: emlive (emlive/1), dectris-v1 (stream v1), dectris-v2 (stream v2, CBOR) "
-            "or auto (detected from the first message; give --input-mode pull for a DECTRIS detector).",
+            "or auto (detected from the first message).",
         ),
         dectris_channel: str | None = typer.Option(
             None, "--dectris-channel", help="DECTRIS stream v2: the image channel to denoise (default: the first)."
@@ -127,8 +127,7 @@ def register(app: typer.Typer) -> None:
             model=model,
             input=input_,
             output=output,
-            input_mode=input_mode
-            or (InputMode.pull if input_format in (InputFormat.dectris_v1, InputFormat.dectris_v2) else InputMode.sub),
+            input_mode=input_mode or (InputMode.sub if input_format is InputFormat.emlive else InputMode.pull),
             input_format=input_format,  # validated by ServiceConfig.validate
             dectris_channel=dectris_channel,
             lossless=lossless,

@@ -8,6 +8,8 @@ from types import FrameType
 
 import typer
 
+from emlive.core.errors import EmliveError
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,7 +35,12 @@ def register(app: typer.Typer) -> None:
         """Show the raw and denoised frames of a live `emlive serve --publish-raw` in the browser.
 
         Prints the page's URL (with its token when --host exposes it beyond this machine). Ctrl-C stops."""
-        from emlive.viewer.server import ViewerServer
+        try:
+            from emlive.viewer.server import ViewerServer
+        except ImportError as exc:
+            raise EmliveError(
+                f"the viewer needs its extra packages ({exc.name} is missing): pip install 'emlive[viewer]'"
+            ) from exc
 
         server = ViewerServer(source, status, host=host, port=port, max_size=max_size)
         url = server.start()
