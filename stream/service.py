@@ -188,7 +188,7 @@ def load_denoiser(path: Path, backend: str = "auto", threads: int | None = None,
 
 
 def model_info(denoiser: DenoiserLike, path: Path | None) -> dict[str, Any]:
-    """Name, path, frames, backend, device and width of a model, for headers and telemetry."""
+    """Name, path, frames, blind spot, backend, device and width of a model, for headers and telemetry."""
     card = denoiser.card
     network = getattr(card, "network", None)
     return {
@@ -198,6 +198,7 @@ def model_info(denoiser: DenoiserLike, path: Path | None) -> dict[str, Any]:
         "backend": str(denoiser.backend),
         "device": str(denoiser.device),
         "width": getattr(network, "width", None),
+        "blind_spot": None if network is None else list(getattr(network, "blind_spot", ())) or None,
     }
 
 
