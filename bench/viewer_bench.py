@@ -34,21 +34,10 @@ import numpy as np
 import zmq
 
 from emlive.core.protocol import encode_frame
+from emlive.viewer.headless import CHROMIUM, CHROMIUM_ARGS
 from emlive.viewer.server import ViewerServer
 
 logger = logging.getLogger(__name__)
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class Publisher:
@@ -105,7 +94,13 @@ def _health(url: str) -> dict[str, Any]:
 def _measure(base: str, codec: str, warmup: float, seconds: float, profile: Path) -> dict[str, Any]:
     """Open the page in a plain headless Chromium (no DevTools client attached) and read the draw reports the
     page sends with its acknowledgements (drawn-at time and latency, measured in the page)."""
-    cmd = [CHROMIUM, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--window-size=1600,900", f"{base}?codec={codec}"]
+    cmd = [
+        str(CHROMIUM),
+        *CHROMIUM_ARGS,
+        f"--user-data-dir={profile}",
+        "--window-size=1600,900",
+        f"{base}?codec={codec}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20.0

@@ -18,19 +18,8 @@ import pytest
 import zmq
 
 from emlive.core.protocol import encode, encode_frame, event_header
+from emlive.viewer.headless import CHROMIUM, CHROMIUM_ARGS
 from emlive.viewer.server import ViewerServer
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def frame_pair(index: int, shape: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray]:
