@@ -300,7 +300,27 @@ class Movie(abc.ABC):
         return f"{type(self).__name__}({str(self.path)!r}, T={t}, H={h}, W={w}, dtype={self.dtype}, pixel={px})"
 
 
-class ArrayMovie(Movie):
+class _MappedMovie(Movie):
+    """A movie whose frames are slices of one (T, H, W) array or memory map in ``self._data``.
+
+    Frames and crops are views (no copy) unless the file's byte order differs from the machine's.
+    """
+
+    _data: np.ndarray
+
+    def _read_frame(self, t: int) -> np.ndarray:
+        view = np.asarray(self._data[t])
+        return view if view.dtype.isnative else view.astype(self._raw_dtype)
+
+    def _read_crop(self, t: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        view = np.asarray(self._data[t, y : y + h, x : x + w])
+        return view if view.dtype.isnative else view.astype(self._raw_dtype)
+
+    def _close(self) -> None:
+        self._data = np.empty((0, 0, 0), dtype=self._raw_dtype)
+
+
+class ArrayMovie(_MappedMovie):
     """A movie held in (or memory-mapped as) a (T, H, W) or (H, W) array; ``.npy`` files open as one."""
 
     def __init__(self, data: np.ndarray, path: str | Path = "<array>", pixel_size_nm: float | None = None) -> None:
@@ -316,15 +336,6 @@ class ArrayMovie(Movie):
             arr = arr.astype(_native(arr.dtype))
         super().__init__(Path(path), arr.shape, arr.dtype, pixel_size_nm)
         self._data = arr
-
-    def _read_frame(self, t: int) -> np.ndarray:
-        return np.asarray(self._data[t])
-
-    def _read_crop(self, t: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return np.asarray(self._data[t, y : y + h, x : x + w])
-
-    def _close(self) -> None:
-        self._data = np.empty((0, 0, 0), dtype=self._raw_dtype)
 
 
 def _open_npy(path: Path) -> ArrayMovie:
@@ -636,7 +647,7 @@ def _check_mrc_header(path: Path, size: int) -> None:
         )
 
 
-class _MrcMovie(Movie):
+class _MrcMovie(_MappedMovie):
     def __init__(self, path: Path) -> None:
         import mrcfile
 
@@ -664,16 +675,8 @@ class _MrcMovie(Movie):
             logger.warning("%s: voxel size x=%g Å differs from y=%g Å; using x", path, voxel.x, voxel.y)
         super().__init__(path, self._data.shape, _native(data.dtype), pixel)
 
-    def _read_frame(self, t: int) -> np.ndarray:
-        view = np.asarray(self._data[t])
-        return view if view.dtype.isnative else view.astype(self._raw_dtype)
-
-    def _read_crop(self, t: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        view = np.asarray(self._data[t, y : y + h, x : x + w])
-        return view if view.dtype.isnative else view.astype(self._raw_dtype)
-
     def _close(self) -> None:
-        self._data = np.empty((0, 0, 0), dtype=self._raw_dtype)
+        super()._close()
         self._mrc.close()
 
 
@@ -681,7 +684,7 @@ class _MrcMovie(Movie):
 _DM_DTYPES: dict[int, str] = {1: "<i2", 2: "<f4", 6: "<u1", 7: "<i4", 9: "<i1", 10: "<u2", 11: "<u4", 12: "<f8"}
 
 
-class _DmMovie(Movie):
+class _DmMovie(_MappedMovie):
     """A DigitalMicrograph DM3/DM4 file: the tag tree is parsed by ncempy, the image data memory-mapped."""
 
     def __init__(self, path: Path) -> None:
@@ -739,17 +742,6 @@ class _DmMovie(Movie):
             scale = float(f"{float(f.scale[first_scale]):.7g}")  # a float32 tag: drop its noise digits
             pixel = unit_to_nm(scale, str(f.scaleUnit[first_scale]))
         return i, shape, dtype, int(f.dataOffset[i]), pixel
-
-    def _read_frame(self, t: int) -> np.ndarray:
-        view = np.asarray(self._data[t])
-        return view if view.dtype.isnative else view.astype(self._raw_dtype)
-
-    def _read_crop(self, t: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        view = np.asarray(self._data[t, y : y + h, x : x + w])
-        return view if view.dtype.isnative else view.astype(self._raw_dtype)
-
-    def _close(self) -> None:
-        self._data = np.empty((0, 0, 0), dtype=self._raw_dtype)  # type: ignore[assignment]
 
 
 # --- SER -------------------------------------------------------------------------------------------------------

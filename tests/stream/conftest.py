@@ -24,6 +24,7 @@ from emlive.core.modelcard import ModelCard, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.protocol import Header, decode
 from emlive.core.windows import mirrored_indices
+from emlive.stream.service import DenoiseService
 
 
 def make_model(path: Path, name: str, frames: int = 5, seed: int = 0) -> Path:
@@ -260,3 +261,12 @@ def free_tcp_port() -> Callable[[], str]:
         return f"tcp://127.0.0.1:{port}"
 
     return pick
+
+
+@pytest.fixture
+def services() -> Iterator[list[DenoiseService]]:
+    """Services a test starts; each is stopped (sockets closed, threads joined) at teardown."""
+    made: list[DenoiseService] = []
+    yield made
+    for svc in made:
+        svc.stop()

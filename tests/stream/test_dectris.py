@@ -160,14 +160,6 @@ def v2_end(series: int) -> bytes:
 
 # --- fixtures --------------------------------------------------------------------------------------------------
 @pytest.fixture
-def services() -> Iterator[list[DenoiseService]]:
-    made: list[DenoiseService] = []
-    yield made
-    for svc in made:
-        svc.stop()
-
-
-@pytest.fixture
 def dectris_service(services: list[DenoiseService]) -> Callable[..., DenoiseService]:
     def make(denoiser: Any, **kw: Any) -> DenoiseService:
         kw.setdefault("output", LOCAL)

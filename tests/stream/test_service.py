@@ -25,14 +25,6 @@ Collect = Callable[..., Any]
 
 
 @pytest.fixture
-def services() -> Iterator[list[DenoiseService]]:
-    made: list[DenoiseService] = []
-    yield made
-    for svc in made:
-        svc.stop()
-
-
-@pytest.fixture
 def detectors() -> Iterator[list[DetectorSimulator]]:
     made: list[DetectorSimulator] = []
     yield made
