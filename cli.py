@@ -74,18 +74,14 @@ def demo(
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
 ) -> None:
     """The live demo: a simulated detector streams an in-situ movie, `emlive serve` denoises it with the shipped
-    model and `emlive view` shows raw and denoised frames side by side in your browser. Ctrl-C stops all three."""
-    from emlive.demo import LiveDemo, default_model
+    model and `emlive view` shows raw and denoised frames side by side in your browser. Ctrl-C (or SIGTERM, SIGHUP)
+    stops all three; if one of them stops, the demo stops the others and exits with code 2."""
+    from emlive.demo import LiveDemo, default_model, run_live_demo
 
     live = LiveDemo(model or default_model(), source=source, fps=fps, size=size, port=port, threads=threads)
-    url = live.start()
-    typer.echo(f"\n  emlive live demo: open {url} in a browser (Ctrl-C stops)\n")
-    try:
-        live.wait(duration)
-    except KeyboardInterrupt:
-        typer.echo("stopping the demo ...")
-    finally:
-        live.stop()
+    run_live_demo(
+        live, duration, lambda url: typer.echo(f"\n  emlive live demo: open {url} in a browser (Ctrl-C stops)\n")
+    )
 
 
 @app.command("demo-offline")

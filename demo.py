@@ -13,24 +13,20 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from emlive.analysis.baselines import best_gaussian, temporal_average
 from emlive.core.errors import EmliveError
-from emlive.core.metrics import psnr_paper, ssim_paper
-from emlive.core.readers import open_movie
-from emlive.core.simulate import SimulationConfig, write_simulation
-from emlive.core.writers import write_movie
-from emlive.export.runtime import Denoiser
-from emlive.train.api import train
-from emlive.train.config import load_config
+from emlive.core.processes import ChildProcesses, StopSignal, describe_exit, stop_on_signals
+
+# The offline demo's heavy imports (torch, the trainer) happen inside its functions: the live demo's supervising
+# process stays small and starts fast.
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +40,8 @@ class MethodScore:
 
 def score_movie(clean: np.ndarray, test: np.ndarray, frames: list[int]) -> tuple[float, float]:
     """Mean paper PSNR and SSIM over ``frames``."""
+    from emlive.core.metrics import psnr_paper, ssim_paper
+
     psnr = float(np.mean([psnr_paper(clean[t], test[t]) for t in frames]))
     ssim = float(np.mean([ssim_paper(clean[t], test[t]) for t in frames]))
     return psnr, ssim
@@ -53,6 +51,9 @@ def compare_methods(
     noisy: np.ndarray, clean: np.ndarray, denoised: np.ndarray, frames: list[int], n_frames: int = 5
 ) -> list[MethodScore]:
     """Raw, N-frame average, best Gaussian (oracle sigma) and the model, on the same frames."""
+    from emlive.analysis.baselines import best_gaussian, temporal_average
+    from emlive.core.metrics import psnr_paper
+
     scores = [MethodScore("raw", *score_movie(clean, noisy, frames))]
     scores.append(
         MethodScore(f"{n_frames}-frame average", *score_movie(clean, temporal_average(noisy, n_frames), frames))
@@ -90,6 +91,13 @@ def save_before_after(path: Path, noisy: np.ndarray, denoised: np.ndarray, clean
 def run_offline_demo(
     out: Path, size: int = 512, frames: int = 64, dose: float = 5.0, overrides: list[str] | None = None
 ) -> list[MethodScore]:
+    from emlive.core.readers import open_movie
+    from emlive.core.simulate import SimulationConfig, write_simulation
+    from emlive.core.writers import write_movie
+    from emlive.export.runtime import Denoiser
+    from emlive.train.api import train
+    from emlive.train.config import load_config
+
     out.mkdir(parents=True, exist_ok=True)
     log.info("1/4 simulating a %dx%d x %d-frame movie at %g e-/px/frame", size, size, frames, dose)
     sim = SimulationConfig(height=size, width=size, frames=frames, dose=dose, seed=7)
@@ -158,13 +166,19 @@ def read_line_with_prefix(proc: subprocess.Popen[bytes], prefix: str, what: str,
             if chunk:
                 continue
         if proc.poll() is not None:
-            raise EmliveError(f"the {what} exited with code {proc.returncode} before it was ready (see its log)")
+            raise EmliveError(
+                f"the {what} stopped ({describe_exit(proc.returncode)}) before it was ready (see its log)"
+            )
     raise EmliveError(f"the {what} was not ready within {timeout:.0f} s")
 
 
 @dataclass
 class LiveDemo:
-    """Detector simulator -> denoising service -> viewer, as three processes (three GILs on a small CPU)."""
+    """Detector simulator -> denoising service -> viewer, as three processes (three GILs on a small CPU).
+
+    The processes are supervised (:class:`emlive.core.processes.ChildProcesses`): each runs in its own process
+    group and is told to receive SIGTERM if the demo dies (even by SIGKILL); :meth:`stop` sends SIGTERM, waits
+    10 s, then kills. Each child only starts threads (no processes of its own)."""
 
     model: Path
     source: str = "synthetic"
@@ -172,104 +186,73 @@ class LiveDemo:
     size: int = 512
     port: int = 8000
     threads: int | None = None
-    processes: list[tuple[str, subprocess.Popen[bytes]]] | None = None
+    children: ChildProcesses = field(default_factory=lambda: ChildProcesses("demo"))
     url: str = ""
 
     def start(self) -> str:
-        """Start the three processes; returns the viewer's URL."""
+        """Start the three processes; returns the viewer's URL. If one fails, the others are stopped."""
         missing = [name for name in ("aiohttp", "PIL") if importlib.util.find_spec(name) is None]
         if missing:
             raise EmliveError(f"the live demo's viewer needs {', '.join(missing)}: pip install 'emlive[viewer]'")
-        py = [sys.executable, "-m", "emlive"]
-        self.processes = []
         try:
-            det = self._spawn(
-                "detector",
-                [
-                    *py,
-                    "detector",
-                    "--source",
-                    self.source,
-                    "--fps",
-                    str(self.fps),
-                    "--output",
-                    "tcp://127.0.0.1:0",
-                    "--mode",
-                    "push",
-                    "--loop",
-                    "--size",
-                    str(self.size),
-                ],
-            )
-            endpoint = json.loads(read_line_with_prefix(det, "{", "demo's detector"))["endpoint"]
-            serve_cmd = [
-                *py,
-                "serve",
-                "--model",
-                str(self.model),
-                "--input",
-                endpoint,
-                "--input-mode",
-                "pull",
-                "--output",
-                "tcp://127.0.0.1:0",
-                "--status",
-                "tcp://127.0.0.1:0",
-                "--publish-raw",
-                "--status-interval",
-                "10",
-            ]
-            if self.threads:
-                serve_cmd += ["--threads", str(self.threads)]
-            srv = self._spawn("service", serve_cmd)
-            endpoints = json.loads(read_line_with_prefix(srv, "{", "demo's service"))["endpoints"]
-            view = self._spawn(
-                "viewer",
-                [
-                    *py,
-                    "view",
-                    "--source",
-                    endpoints["output"],
-                    "--status",
-                    endpoints["status"],
-                    "--port",
-                    str(self.port),
-                ],
-            )
-            self.url = read_line_with_prefix(view, "emlive viewer:", "demo's viewer").split(":", 1)[1].strip()
+            endpoint = self._start_detector()
+            endpoints = self._start_service(endpoint)
+            self.url = self._start_viewer(endpoints)
         except BaseException:
             self.stop()
             raise
         return self.url
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log.info("starting the %s: %s", name, " ".join(cmd[2:]))
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-        assert self.processes is not None
-        self.processes.append((name, proc))
-        return proc
+    def _start_detector(self) -> str:
+        args = ["--source", self.source, "--fps", str(self.fps), "--output", "tcp://127.0.0.1:0"]
+        det = self._spawn("detector", [*args, "--mode", "push", "--loop", "--size", str(self.size)])
+        endpoint: str = json.loads(read_line_with_prefix(det, "{", "demo's detector"))["endpoint"]
+        return endpoint
+
+    def _start_service(self, detector: str) -> dict[str, str]:
+        args = ["--model", str(self.model), "--input", detector, "--input-mode", "pull"]
+        args += ["--output", "tcp://127.0.0.1:0", "--status", "tcp://127.0.0.1:0"]
+        args += ["--publish-raw", "--status-interval", "10"]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        srv = self._spawn("service", args)
+        endpoints: dict[str, str] = json.loads(read_line_with_prefix(srv, "{", "demo's service"))["endpoints"]
+        return endpoints
+
+    def _start_viewer(self, endpoints: dict[str, str]) -> str:
+        args = ["--source", endpoints["output"], "--status", endpoints["status"], "--port", str(self.port)]
+        view = self._spawn("viewer", args)
+        return read_line_with_prefix(view, "emlive viewer:", "demo's viewer").split(":", 1)[1].strip()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        command = {"detector": "detector", "service": "serve", "viewer": "view"}[name]
+        log.info("starting the %s: emlive %s %s", name, command, " ".join(args))
+        popen: subprocess.Popen[bytes] = self.children.start(
+            name, [sys.executable, "-m", "emlive", command, *args], stdout=subprocess.PIPE
+        )
+        return popen
 
     def wait(self, duration: float | None = None) -> None:
-        """Block until ``duration`` seconds pass (forever if None) or one of the processes exits."""
-        deadline = None if duration is None else time.monotonic() + duration
-        while deadline is None or time.monotonic() < deadline:
-            for name, proc in self.processes or []:
-                if proc.poll() is not None:
-                    raise EmliveError(f"the demo's {name} stopped unexpectedly (exit code {proc.returncode})")
-            time.sleep(0.5)
+        """Block until ``duration`` seconds pass (forever if None); raises
+        :class:`~emlive.core.processes.ChildExitedError` as soon as one of the processes exits."""
+        self.children.wait(duration, interval=0.5)
 
     def stop(self) -> None:
-        """SIGINT every process (clean shutdown), then kill what is still running after 10 s."""
-        for _, proc in reversed(self.processes or []):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for name, proc in reversed(self.processes or []):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log.warning("the %s did not stop within 10 s: killing it", name)
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self.processes = []
+        """SIGTERM every process group (clean shutdown), then kill what is still running after 10 s."""
+        self.children.stop()
+
+
+def run_live_demo(demo: LiveDemo, duration: float | None, announce: Callable[[str], None]) -> None:
+    """Start ``demo``, ``announce`` its URL and run until ``duration`` passes or Ctrl-C/SIGTERM/SIGHUP; the three
+    processes are stopped however this ends (a signal, a child that stops, an exception; SIGKILL: the children's
+    parent-death signal). A child that stops on its own ends the demo with
+    :class:`~emlive.core.processes.ChildExitedError` (exit code 2 from the CLI); a signal is a normal stop."""
+    with stop_on_signals() as signals:
+        try:
+            announce(demo.start())
+            demo.wait(duration)
+        except StopSignal as stop:
+            log.info("%s received: stopping the demo", stop.name)
+        finally:
+            signals.stopping()
+            demo.stop()

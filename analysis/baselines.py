@@ -10,15 +10,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import window_indices
 
 
 def temporal_average(movie: np.ndarray, n_frames: int = 5) -> np.ndarray:
-    """Mean of each frame's mirrored N-frame window: the simplest multi-frame denoiser (float32)."""
+    """Mean of each frame's N-frame window (:func:`emlive.core.windows.window_indices`, empty slots left out):
+    the simplest multi-frame denoiser (float32)."""
     frames = np.asarray(movie, dtype=np.float32)
     out = np.empty_like(frames)
     for t in range(len(frames)):
-        out[t] = frames[mirrored_indices(t, n_frames, len(frames))].mean(axis=0)
+        out[t] = frames[[i for i in window_indices(t, n_frames, len(frames)) if i is not None]].mean(axis=0)
     return out
 
 

@@ -12,8 +12,12 @@ import json
 import logging
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from emlive.analysis.noise_stats import NoiseEstimate
 
 log = logging.getLogger(__name__)
 
@@ -24,30 +28,42 @@ class _Method(str, Enum):
     residual = "residual"
 
 
-NOISE_STATS_HELP = """Measure the spatial correlation of the noise and recommend a blind spot.
+NOISE_STATS_HELP = """Measure the noise model of a movie and recommend a blind spot.
 
 FILE is any movie emlive reads (TIFF stack or folder, MRC, DM3/DM4, SER, EMD, npy).
 
 The signal is removed first, else the image's own structure swamps the noise:
 
-- a movie (default for 2+ frames, --method difference): frame FRAME+1 minus frame FRAME. A static scene
-  cancels, the shot noise of the two independent exposures adds with the same spatial correlation as in one
-  frame. Motion, drift or beam flicker leave some signal: pick a quiet --frame.
+- a movie (default for 2+ frames, --method difference): disjoint triplets of consecutive frames t, t+1, t+2
+  (up to --max-pairs differences, spread over the movie; --frame I uses only frames I and I+1). Frames t+1 and
+  t+2 are registered onto frame t with sub-pixel accuracy (stage drift) and shifted by a Fourier shift, which
+  keeps the noise's correlation, then differenced: a drifting scene, lattice fringes included, cancels. What
+  local motion leaves grows 4x from lag 1 to lag 2 while the noise does not: statistics are extrapolated to
+  lag 0. The difference is variance-stabilised with
+  the fitted Poisson-Gaussian model; blocks that still hold structure (particles moving on their own) and
+  outlier pixels are left out.
 
-- a single image (--method residual): the image minus a Gaussian-smoothed copy (sigma 2 px), with the
-  anti-correlation that this subtraction induces in independent noise (about -0.04 at 1 px) removed from the
-  map. Approximate: fine texture leaks in (worse at high dose) and for strongly correlated noise part of the
-  smoothing's bias remains. Use a movie when you have one.
+- a single image (--method residual): the image minus a Gaussian-smoothed copy (sigma 2 px); the smoothing's
+  effect on the correlation is deconvolved out to 3 px, and only positive correlation counts (the high-pass
+  makes a negative lobe). Approximate: fine texture leaks in (worse at high dose). Use a movie when you have one.
 
-The noise is z-scored and correlated with itself shifted by (dy, dx), |dx|, |dy| <= --max-distance (FFT).
+The noise is correlated with itself shifted by (dy, dx), |dx|, |dy| <= --max-distance, with a standard error
+from the spread between pairs.
 
-Rule for the blind spot: the smallest odd window h x w such that |correlation| < --threshold at every offset
-outside it. h and w are chosen independently (h = 2 max|dy| + 1, w = 2 max|dx| + 1 over the offsets where
-|correlation| >= threshold), so correlation along x only gives 1 x 3 and along y only 3 x 1. Independent shot
-noise gives 1 x 1.
+Rule for the blind spot: the smallest odd window h x w such that no offset outside it has |correlation| above
+--threshold by more than two standard errors. h and w are chosen independently, so correlation along x only
+gives 1 x 3 and along y only 3 x 1; independent shot noise gives 1 x 1. Never more than 15 x 15 (the largest the
+network builds): a correlation reaching further is reported with what to do. The confidence is the chance that
+the least clear-cut offset lies on the right side of the threshold.
 
-Prints the correlation at |dy|, |dx| <= 3, the recommendation and a line to paste under network: in a
-training config (the blind_spot line); writes a PNG (heatmap and correlation versus distance).
+Movies also give the detector's Poisson-Gaussian model, variance = gain x (mean - offset) + read_noise^2,
+corrected for charge sharing (which lowers the per-pixel variance): gain in counts per electron, and with
+--offset (the detector's offset in counts, e.g. from a dark frame) the read noise; without it the combined
+term read_noise^2 - gain x offset.
+
+Prints the correlation at |dy|, |dx| <= 3, the recommendation with its confidence, the detector model and a
+line to paste under network: in a training config (the blind_spot line); writes a PNG (heatmap and correlation
+versus distance). --json prints everything machine-readably.
 """
 
 EVALUATE_HELP = """Score a denoised movie, per frame and as mean ± std.
@@ -73,7 +89,9 @@ Writes a PNG: metrics versus frame (denoised vs noisy) and a noisy | denoised | 
 
 def noise_stats_command(
     file: Path = typer.Argument(..., help="Movie or image file, or a folder of single-page TIFFs."),
-    frame: int = typer.Option(0, "--frame", help="Frame i (a movie uses frames i and i+1)."),
+    frame: int | None = typer.Option(
+        None, "--frame", help="Use only frames I and I+1 (a movie) or image I (residual); default: many pairs."
+    ),
     max_distance: int = typer.Option(15, "--max-distance", help="Largest |dx|, |dy| measured (px)."),
     threshold: float = typer.Option(0.1, "--threshold", help="|correlation| the blind spot must leave outside."),
     out: Path | None = typer.Option(
@@ -83,32 +101,63 @@ def noise_stats_command(
     method: _Method = typer.Option(
         _Method.auto, "--method", help="auto: difference for a movie, residual for a single image."
     ),
+    offset: float | None = typer.Option(
+        None, "--offset", help="Detector offset in counts (dark level): gives the read noise."
+    ),
+    max_pairs: int = typer.Option(32, "--max-pairs", min=1, help="Most frame differences measured (spread out)."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON instead of tables."),
 ) -> None:
-    from emlive.analysis.noise_stats import correlation_table, noise_correlation, recommend_blind_spot
+    from emlive.analysis.noise_stats import estimate_noise
     from emlive.analysis.plots import plot_noise_correlation
     from emlive.core.readers import open_movie
 
     with open_movie(file, gain=gain) as movie:
-        corr = noise_correlation(movie, frame=frame, max_distance=max_distance, method=method.value)
-    h, w = recommend_blind_spot(corr, threshold)
+        est = estimate_noise(movie, frame=frame, max_distance=max_distance, threshold=threshold,
+                             method=method.value, max_pairs=max_pairs, offset=offset)  # fmt: skip
+    h, w = est.blind_spot
     png = out if out is not None else Path(f"{file.stem or file.name}_noise_stats.png")
-    png = plot_noise_correlation(corr, (h, w), threshold, png, title=str(file))
+    png = plot_noise_correlation(est.correlation, (h, w), threshold, png, title=str(file))
     if as_json:
-        payload = {"file": str(file), "threshold": threshold, **corr.to_dict(), "blind_spot": [h, w], "png": str(png)}
-        typer.echo(json.dumps(payload, indent=2))
+        payload = {"file": str(file), **est.to_dict(), "png": str(png)}
+        typer.echo(json.dumps(payload, indent=2, allow_nan=False))
         return
-    k = min(3, corr.max_distance)
-    typer.echo(f"{file}: noise from {corr.method} of frames {list(corr.frames)}, {corr.shape[0]} x {corr.shape[1]} px")
-    typer.echo(f"correlation at |dy|, |dx| <= {k} (rows dy, columns dx):")
-    typer.echo(correlation_table(corr, k))
-    typer.echo(
-        f"recommended blind spot: {h} x {w} (h x w): the smallest window outside of which |correlation| < "
-        f"{threshold:g} up to {corr.max_distance} px"
-    )
+    _echo_noise_estimate(file, est)
     typer.echo(f"picture: {png}")
     typer.echo("paste under network: in a training config (or override network.blind_spot=[h,w]):")
     typer.echo(f"blind_spot: [{h}, {w}]")
+
+
+def _echo_noise_estimate(file: Path, est: NoiseEstimate) -> None:
+    from emlive.analysis.noise_stats import correlation_table
+
+    corr, decision = est.correlation, est.decision
+    h, w = decision.blind_spot
+    what = f"the smoothing residual of image {list(corr.frames)}"
+    if corr.method == "difference":
+        what = f"{corr.pairs} registered frame difference(s) over {len(corr.frames)} frames"
+    typer.echo(f"{file}: noise from {what}, {corr.shape[0]} x {corr.shape[1]} px")
+    if corr.shifts:
+        typer.echo("registration shifts (dy, dx) px: " + ", ".join(f"({dy:+.3f}, {dx:+.3f})" for dy, dx in corr.shifts))
+    k = min(3, corr.max_distance)
+    typer.echo(f"correlation at |dy|, |dx| <= {k} (rows dy, columns dx), standard error about "
+               f"{float(corr.standard_error[corr.max_distance, corr.max_distance + 1]):.4f}:")  # fmt: skip
+    typer.echo(correlation_table(corr, k))
+    typer.echo(
+        f"recommended blind spot: {h} x {w} (h x w), confidence {decision.confidence:.3f} ({decision.label}): the "
+        f"smallest window outside of which |correlation| < {decision.threshold:g} up to {corr.max_distance} px"
+    )
+    pg = est.poisson_gaussian
+    if pg is not None:
+        typer.echo(f"detector: gain {pg.gain:.4g} +- {pg.gain_se:.2g} counts/e-, per-pixel variance kept after "
+                   f"charge sharing {pg.pixel_variance_factor:.3f}")  # fmt: skip
+        if pg.read_noise is not None:
+            typer.echo(f"          offset {pg.offset:g} counts (given), read noise {pg.read_noise:.4g} +- "
+                       f"{pg.read_noise_se:.2g} counts")  # fmt: skip
+        else:
+            typer.echo(f"          read_noise^2 - gain x offset = {pg.intercept:.4g} counts^2 (give --offset "
+                       "for the read noise: the fit cannot tell the two apart)")  # fmt: skip
+    for text in est.warnings:
+        typer.echo(f"warning: {text}")
 
 
 def evaluate_command(
@@ -164,10 +213,11 @@ OUTPUT's suffix or --format says otherwise. The pixel size is kept. Existing out
 --overwrite is given.
 
 Each output frame is the model's prediction from a window of its N frames (N = 5 by default) centred on it,
-mirrored at the ends of the movie (frame 0 reads 2,1,0,1,2), normalised exactly as in training. Frames larger
-than a tile are cut into overlapping tiles whose margins cover the network's receptive field, so tiles leave no
-seams. Frames are appended to OUTPUT as they are produced (memory stays at a few frames); a run that stops
-leaves a readable movie of the frames done so far.
+mirrored about it at the ends of the movie (frame 0 reads 2,1,0,1,2, frame 1 reads 3,0,1,2,3: never the center
+frame twice), normalised exactly as in training. Frames larger than a tile are cut into overlapping tiles
+whose margins cover the network's receptive field, so tiles leave no seams. Frames are appended to OUTPUT as
+they are produced (memory stays at a few frames); a run that stops leaves a readable movie of the frames done
+so far.
 
 Pixels are float32 by default; --dtype input writes the input file's type instead: values are rounded to the
 nearest integer (half to even) and clipped to the type's range (negative values become 0 in unsigned types).

@@ -1,7 +1,7 @@
 """Offline denoising of recorded movies: ``emlive denoise INPUT -o OUTPUT --model MODEL``.
 
 A thin, streaming layer over the inference runtime (:class:`emlive.export.runtime.Denoiser`), which owns the
-model, the per-frame z-score normalisation of training, the mirrored-end windows of the model's N frames and the
+model, the per-frame z-score normalisation of training, the windows of the model's N frames and the
 tiling of frames larger than a tile (margins of at least the network's receptive radius, so seams do not show).
 This module picks the movies, names the outputs, checks everything that can be checked before the first frame is
 computed, and appends every denoised frame to the output as soon as it is produced: memory stays at a few frames
@@ -26,11 +26,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emlive.core.errors import ConfigError, InputDataError, InputFileError, ModelFileError
+from emlive.core.pixeltypes import storable, stored_dtypes
 from emlive.core.readers import (
     DM_SUFFIXES,
     EMD_SUFFIXES,
@@ -43,7 +44,7 @@ from emlive.core.readers import (
     load_gain,
     open_movie,
 )
-from emlive.core.writers import MRC_DTYPES, TIFF_DTYPES, WRITER_SUFFIXES, open_writer
+from emlive.core.writers import WRITER_SUFFIXES, open_writer
 
 if TYPE_CHECKING:
     from emlive.export.runtime import Denoiser
@@ -244,14 +245,13 @@ def _output_is_file(output: Path) -> bool:
 
 
 def _check_dtype(job_input: Path, dtype: np.dtype[Any], fmt: OutputFormat) -> None:
-    allowed = TIFF_DTYPES if fmt == OutputFormat.TIFF else MRC_DTYPES
-    if dtype not in allowed:
+    """ConfigError naming the fix when ``fmt`` cannot store ``dtype`` as itself (the pixel-type policy)."""
+    if not storable(dtype, fmt.value):
         other = OutputFormat.MRC if fmt == OutputFormat.TIFF else OutputFormat.TIFF
-        other_ok = dtype in (MRC_DTYPES if other == OutputFormat.MRC else TIFF_DTYPES)
-        alt = f" or --format {other.value}" if other_ok else ""
+        alt = f" or --format {other.value}" if storable(dtype, other.value) else ""
         raise ConfigError(
             f"{job_input}: --dtype input would write pixel type {dtype}, which {fmt.name} cannot store (allowed: "
-            f"{', '.join(sorted(str(d) for d in allowed))}); use --dtype float32{alt}"
+            f"{', '.join(sorted(str(d) for d in stored_dtypes(fmt.value)))}); use --dtype float32{alt}"
         )
 
 
@@ -354,33 +354,6 @@ def load_denoiser(
     return Denoiser.load(path, backend, threads=threads, tile=tile)
 
 
-class _Frames:
-    """The movie as the runtime reads it: frames in a dtype it takes (int8 and float16 become float32; uint32,
-    int64 and uint64 become float64, exactly). Frames are converted one at a time, as they are read."""
-
-    _AS: ClassVar[dict[str, type[np.floating[Any]]]] = {
-        "i1": np.float32,
-        "f2": np.float32,
-        "u4": np.float64,
-        "i8": np.float64,
-        "u8": np.float64,
-    }
-
-    def __init__(self, movie: Movie) -> None:
-        self._movie = movie
-        key = f"{movie.dtype.kind}{movie.dtype.itemsize}"
-        self._cast: type[np.floating[Any]] | None = self._AS.get(key)
-        if self._cast is not None:
-            logger.info("%s: %s frames are denoised as %s", movie.path, movie.dtype, np.dtype(self._cast))
-
-    def __len__(self) -> int:
-        return len(self._movie)
-
-    def frame(self, t: int) -> np.ndarray:
-        data = self._movie.frame(t)
-        return data if self._cast is None else data.astype(self._cast)
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -422,7 +395,8 @@ def denoise_to_file(
         _progress(frames, name, progress) as bar,
     ):
         try:
-            results: Iterator[tuple[int, np.ndarray]] = denoiser.denoise_movie(_Frames(movie), start, stop)
+            # every pixel type a reader returns is one the runtime takes (emlive.core.pixeltypes)
+            results: Iterator[tuple[int, np.ndarray]] = denoiser.denoise_movie(movie, start, stop)
             for t, frame in results:
                 writer.append(frame)
                 written += 1
@@ -532,7 +506,7 @@ def denoise_path(
             t, h, w = movie.shape
             if t < denoiser.frames:
                 logger.info(
-                    "%s: %d frame(s), fewer than the model's %d: the windows mirror the movie's frames",
+                    "%s: %d frame(s), fewer than the model's %d: windows repeat the other frames (never the center)",
                     job.input, t, denoiser.frames,
                 )  # fmt: skip
             logger.info(

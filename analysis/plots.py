@@ -73,7 +73,8 @@ def plot_noise_correlation(
                 ax_map.text(dx, dy, f"{corr.at(dy, dx):.2f}", ha="center", va="center", fontsize=6)
     ax_map.set_xlabel("dx (px)")
     ax_map.set_ylabel("dy (px)")
-    ax_map.set_title(f"noise correlation ({corr.method}, frames {list(corr.frames)})")
+    used = f"frames {list(corr.frames)}" if len(corr.frames) <= 4 else f"{corr.pairs} pairs, {len(corr.frames)} frames"
+    ax_map.set_title(f"noise correlation ({corr.method}, {used})")
     ax_map.legend(loc="upper right", fontsize=8)
 
     d = np.arange(m + 1)

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from emlive.core.logs import setup_logging
+from emlive.core.processes import die_with_parent
 from emlive.core.protocol import encode, encode_frame, event_header
 from emlive.core.readers import ArrayMovie
 from emlive.stream.detector import DetectorConfig, DetectorSimulator
@@ -119,8 +120,10 @@ def bare_throughput(size: int, count: int, hwm: int = 8) -> dict[str, Any]:
     return {"frames": count, "fps": round(fps, 2), "MB_per_s": round(fps * frame.nbytes / 2**20, 1)}
 
 
-def _identity_service(endpoint: str, hwm: int, conn: Any) -> None:
-    """Child process: the service with the identity model, lossless PULL from ``endpoint``; stopped by control."""
+def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int) -> None:
+    """Child process: the service with the identity model, lossless PULL from ``endpoint``; stopped by control,
+    and by SIGTERM if the benchmark (``parent``) dies, however it dies."""
+    die_with_parent(parent)
     setup_logging(False)
     logging.getLogger("emlive").setLevel(logging.ERROR)  # back-pressure warnings are expected here
     config = ServiceConfig(
@@ -160,7 +163,7 @@ def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8) ->
     sub.setsockopt(zmq.LINGER, 0)
     port = push.bind_to_random_port("tcp://127.0.0.1")
     parent, child = mp.Pipe()
-    proc = mp.Process(target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child), daemon=True)
+    proc = mp.Process(target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child, os.getpid()), daemon=True)
     proc.start()
     received = 0
     elapsed = float("nan")

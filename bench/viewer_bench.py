@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from emlive.core.processes import ChildProcesses, stop_on_signals
 from emlive.core.protocol import encode_frame
 from emlive.viewer.headless import CHROMIUM, CHROMIUM_ARGS
 from emlive.viewer.server import ViewerServer
@@ -101,8 +100,9 @@ def _measure(base: str, codec: str, warmup: float, seconds: float, profile: Path
         "--window-size=1600,900",
         f"{base}?codec={codec}",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    # Chromium and the helpers it starts: its own process group, stopped with it, and if this process dies
+    with ChildProcesses("viewer benchmark") as children:
+        children.start("browser", cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
             browsers = _health(base + "api/health")["browsers"]
@@ -115,9 +115,6 @@ def _measure(base: str, codec: str, warmup: float, seconds: float, profile: Path
         t0 = time.time()
         time.sleep(seconds)
         browsers = _health(base + "api/health")["browsers"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # Chromium and the helpers it started (its own session)
-        proc.wait(timeout=10)
     draws = np.asarray([d for d in browsers[0]["draws"] if d[0] >= t0]) if browsers else np.zeros((0, 2))
     n = len(draws)
     fps = (n - 1) / (draws[-1, 0] - draws[0, 0]) if n > 1 else 0.0
@@ -155,7 +152,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out/viewer_bench.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.size, args.fps, args.seconds, [c.strip() for c in args.codecs.split(",") if c.strip()])
+    with stop_on_signals():  # SIGTERM/SIGHUP stop the browser too, as Ctrl-C does
+        result = run(args.size, args.fps, args.seconds, [c.strip() for c in args.codecs.split(",") if c.strip()])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lines = [

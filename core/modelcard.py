@@ -51,6 +51,26 @@ class TrainingSummary(BaseModel):
     seconds: float | None = None
 
 
+class NoiseModel(BaseModel):
+    """The noise model measured on the training data (``emlive noise-stats``'s estimate). Informational: the
+    blind spot that was used is ``network.blind_spot``; this says what the data called for. Optional in a card
+    (cards written before it existed load without it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str = Field(description="How the noise was separated: difference (registered frame pairs) or residual.")
+    gain: float | None = Field(None, description="Counts per electron (corrected for charge sharing).")
+    offset: float | None = Field(None, description="Detector offset in counts, when it was known.")
+    read_noise: float | None = Field(None, description="Read noise in counts (std), when the offset was known.")
+    intercept: float | None = Field(None, description="read_noise^2 - gain * offset (counts^2).")
+    kernel: list[list[float]] = Field(default_factory=list, description="Normalised noise correlation, centred.")
+    recommended_blind_spot: tuple[int, int] = Field(description="Blind spot (h, w) the noise calls for.")
+    confidence: float | None = Field(None, ge=0, le=1, description="Confidence of the recommendation.")
+    frames_used: int = Field(0, ge=0, description="Frames the estimate was measured on.")
+    pairs: int = Field(0, ge=0, description="Frame pairs (or images) measured.")
+    warnings: list[str] = Field(default_factory=list)
+
+
 class ModelCard(BaseModel):
     """Self-description of a trained denoiser."""
 
@@ -64,6 +84,7 @@ class ModelCard(BaseModel):
     normalization: Normalization = Normalization.zscore_per_frame
     gain_reference: str | None = Field(None, description="Gain reference applied to raw frames in training.")
     training: TrainingSummary = Field(default_factory=TrainingSummary)
+    noise: NoiseModel | None = Field(None, description="Noise model measured on the training data, if any.")
 
     @property
     def frames(self) -> int:

@@ -39,6 +39,7 @@ import numpy as np
 import zmq
 
 from emlive.core.errors import ConfigError, EmliveError
+from emlive.core.pixeltypes import WIRE_DTYPES, pixel_type
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,10 @@ STATUS_TYPE = "status"
 MAX_HEADER_BYTES = 65536
 MAX_SIDE = 65536
 MAX_ACQUISITION_CHARS = 256
+MAX_JSON_DEPTH = 32  # nesting of objects/lists in a header or control request; a real header uses 1-3
+MAX_INDEX = 2**53 - 1  # the largest integer every JSON reader holds exactly (a double's 53-bit mantissa)
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
-DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name)
-    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64")
-}
+DTYPES: dict[str, np.dtype[Any]] = WIRE_DTYPES  # the pixel types on the wire: emlive.core.pixeltypes decides
 BYTE_ORDERS = ("<", ">", "|")
 RESERVED_KEYS = frozenset(
     {"protocol", "type", "acquisition", "index", "timestamp", "shape", "dtype", "byte_order", "pixel_size_nm",
@@ -300,6 +300,34 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of objects/lists in JSON ``text`` (brackets inside strings do not count), found
+    without recursion: a cheap scan that runs before :func:`json.loads` can recurse."""
+    if text.count("[") + text.count("{") <= 1:
+        return text.count("[") + text.count("{")
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_depth(text: str, what: str) -> None:
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return  # cannot nest deeper than it has brackets
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ProtocolError(
+            f"{what} nests objects/lists {depth} deep; at most {MAX_JSON_DEPTH} levels are accepted: send a flat "
+            "JSON object",
+            "too_deep",
+        )
+
+
 def parse_json_object(data: bytes | memoryview, what: str = "header") -> dict[str, Any]:
     """A JSON object from UTF-8 bytes (strict: NaN/Infinity refused); ProtocolError otherwise."""
     if len(data) > MAX_HEADER_BYTES:
@@ -310,7 +338,10 @@ def parse_json_object(data: bytes | memoryview, what: str = "header") -> dict[st
         )
     try:
         text = bytes(data).decode("utf-8")
+        _check_depth(text, what)
         obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:  # cannot happen after _check_depth; kept so no input can escape as a crash
+        raise ProtocolError(f"{what} is nested too deeply for this reader ({exc})", "too_deep") from exc
     except UnicodeDecodeError as exc:
         raise ProtocolError(
             f"{what} is not UTF-8 text ({exc}); part 0 must be a UTF-8 JSON object", "bad_json"
@@ -378,8 +409,12 @@ def parse_header(raw: Mapping[str, Any], max_frame_bytes: int = DEFAULT_MAX_FRAM
     index = None
     if "index" in raw:
         index = _int(raw, "index")
-        if index < 0:
-            raise ProtocolError(f"{_where(raw)}: index={index} must be >= 0 (frames count from 0)", "bad_field")
+        if not 0 <= index <= MAX_INDEX:
+            raise ProtocolError(
+                f"{_where(raw)}: index={index} is out of range; frame indices count from 0 and must stay at most "
+                f"{MAX_INDEX} (2^53 - 1, exact in every JSON reader)",
+                "bad_index",
+            )
     shape = None
     if "shape" in raw:
         shape_raw = raw["shape"]
@@ -484,7 +519,8 @@ def decode(
         )
     data = np.frombuffer(buf, dtype=dtype).reshape(header.shape)
     data.flags.writeable = False  # the buffer belongs to the message (and maybe to other readers of it)
-    if check_finite and dtype.kind == "f" and not np.isfinite(data).all():
+    checked = pixel_type(dtype)
+    if check_finite and checked is not None and checked.finite_checked and not np.isfinite(data).all():
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         raise ProtocolError(
             f"{_where(raw)}: {bad} pixel(s) are NaN or inf; frames must hold finite values (mask dead pixels with a "

@@ -22,6 +22,12 @@ A gain reference (any of those formats holding one frame, a ``.npy`` file or an 
 frames then come back as float32.
 
 Frames that come from a memory map are read-only views: copy one before changing it.
+
+Every movie is safe in data-loader worker processes: a process that did not open the file (a forked worker, or
+one that unpickled the movie, as spawned workers do) opens its own file handles and memory maps before its first
+read, so no two processes ever share a file position or an HDF5 handle. Pickling leaves handles and maps behind.
+A read that fails is retried once through handles opened afresh; only a frame that fails again is reported as
+damaged.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import contextlib
 import json
 import logging
 import operator
+import os
 import re
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -43,6 +51,7 @@ from typing import Any, Self
 import numpy as np
 
 from emlive.core.errors import EmliveError, InputDataError, InputFileError
+from emlive.core.pixeltypes import ACCEPTED_NAMES, pixel_type
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +109,23 @@ _UNIT_TO_NM: dict[str, float] = {
 }
 
 
+# The base state of a Movie: what it knows about the file. Every other attribute a file reader sets is a handle, a
+# memory map or derived from one: it stays behind when the movie is pickled and is opened again in a new process.
+_BASE_STATE = frozenset({"path", "shape", "_raw_dtype", "pixel_size_nm", "_gain", "_closed", "_pid"})
+
+# Serialises re-opening within a process; a fresh lock in every forked child (a lock held by another thread at the
+# fork would otherwise stay held there forever).
+_reopen_lock = threading.Lock()
+
+
+def _fresh_reopen_lock() -> None:
+    global _reopen_lock
+    _reopen_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_reopen_lock)
+
+
 class FrameIndexError(InputDataError, IndexError):
     """A frame index outside the movie; an ``IndexError`` too, so sequence protocols stop on it."""
 
@@ -141,6 +167,21 @@ def _parse_errors(path: Path, what: str, extra: tuple[type[BaseException], ...] 
         ) from exc
 
 
+@contextlib.contextmanager
+def _read_errors(path: Path, what: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """A read from a file that opened fine failed: an InputFileError that says so, with no verdict on the file.
+
+    :meth:`Movie._read_checked` retries once through fresh handles and only then calls the frame damaged.
+    """
+    try:
+        yield
+    except EmliveError:
+        raise
+    except (*_PARSE_ERRORS, *extra) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise InputFileError(f"{path}: {what} could not be decoded ({type(exc).__name__}: {detail})") from exc
+
+
 def _check_readable_file(path: Path) -> int:
     """The size of ``path`` in bytes after checking it is a non-empty regular file; raises InputFileError."""
     if not path.exists():
@@ -158,10 +199,10 @@ def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 
 def _check_pixel_dtype(path: Path, dtype: np.dtype[Any]) -> None:
-    if dtype.kind not in "uif" or dtype.itemsize > 8:
+    if pixel_type(dtype) is None:  # the pixel-type policy: the types the runtime denoises
         raise InputFileError(
-            f"{path}: pixel type {dtype} is not supported; frames must be real integers or floats "
-            "(complex, RGB and packed data are not movies emlive can denoise)"
+            f"{path}: pixel type {dtype} is not supported; frames must be real integers or floats ({ACCEPTED_NAMES}; "
+            "complex, RGB and packed data are not movies emlive can denoise)"
         )
 
 
@@ -186,6 +227,7 @@ class Movie(abc.ABC):
         self.pixel_size_nm = pixel_size_nm
         self._gain: np.ndarray | None = None
         self._closed = False
+        self._pid: int | None = os.getpid()  # the process whose handles this object holds; None: no handles
 
     # --- what a format implements ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -198,6 +240,90 @@ class Movie(abc.ABC):
 
     def _close(self) -> None:  # noqa: B027 - optional hook, formats without open handles need nothing
         """Release file handles and memory maps."""
+
+    # Whether the reader holds file handles or maps that each process must open itself, by calling
+    # ``type(self)(self.path)``: True for the file readers below. A reader that holds none (a folder of TIFFs opens
+    # a file per read; an in-memory array pickles with its data) keeps False.
+    _reopens: bool = False
+
+    def _reopen(self) -> None:
+        """Release the handles this object holds and open the file again, in this process.
+
+        The file must still be what it was: the same frame count, size and pixel type.
+        """
+        if self._pid is not None:
+            with contextlib.suppress(*_PARSE_ERRORS):
+                self._close()  # a forked child closes only its own copies of the descriptors
+        self._pid = None
+        fresh = type(self)(self.path)  # type: ignore[call-arg]  # every reopening reader opens from its path
+        if (fresh.shape, fresh._raw_dtype) != (self.shape, self._raw_dtype):
+            fresh.close()
+            raise InputFileError(
+                f"{self.path}: the file changed after it was opened: it held {self.shape} {self._raw_dtype} "
+                f"(T, H, W) frames, it now holds {fresh.shape} {fresh._raw_dtype}. Do not overwrite a movie while "
+                "it is read; copy it and train on the copy"
+            )
+        for key, value in vars(fresh).items():
+            if key not in _BASE_STATE:
+                setattr(self, key, value)
+        self._pid = os.getpid()
+
+    def _own_handles(self) -> None:
+        """Open this process's own handles when they were opened by another process (fork) or left behind (pickle)."""
+        if not self._reopens or self._pid == os.getpid():
+            return
+        with _reopen_lock:
+            if self._pid != os.getpid():
+                logger.debug("%s: opening its own file handles in process %d", self.path, os.getpid())
+                self._reopen()
+
+    def _read_checked(self, t: int, read: Callable[..., np.ndarray], *args: int) -> np.ndarray:
+        """``read(*args)`` for frame ``t``, retried once through fresh handles before the frame is called damaged.
+
+        A handle disturbed by another reader (another process sharing the descriptor, a closed handle) makes a
+        sound file look corrupt; a second failure through handles opened afresh in this process means the file
+        really is damaged at that frame.
+        """
+        self._own_handles()
+        try:
+            return read(*args)
+        except InputFileError as exc:
+            if not self._reopens:
+                raise
+            first = exc
+        logger.warning(
+            "%s: reading frame %d failed (%s); retrying through file handles opened afresh in this process",
+            self.path,
+            t,
+            first,
+        )
+        with _reopen_lock:
+            self._reopen()
+        try:
+            data = read(*args)
+        except InputFileError as exc:
+            raise InputFileError(
+                f"{exc}, also through file handles opened afresh in process {os.getpid()}: the file opened as a "
+                f"valid movie but is damaged at frame {t}. Copy or export it again, or leave this frame out"
+            ) from exc
+        logger.warning(
+            "%s: frame %d read correctly through fresh file handles: the file is sound, the previous handle was "
+            "disturbed (shared with another process or closed)",
+            self.path,
+            t,
+        )
+        return data
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to pickle (spawned data-loader workers): handles and memory maps stay behind.
+
+        The receiving process opens the file itself before its first read.
+        """
+        if not self._reopens:
+            return self.__dict__.copy()
+        state = {key: value for key, value in self.__dict__.items() if key in _BASE_STATE}
+        state["_pid"] = None
+        return state
 
     # --- the public API ---------------------------------------------------------------------------------------
     @property
@@ -241,7 +367,8 @@ class Movie(abc.ABC):
     def frame(self, t: int) -> np.ndarray:
         """Frame ``t`` as an (H, W) array (gain applied); negative ``t`` counts from the end."""
         self._check_open()
-        raw = self._read_frame(self._index(t))
+        i = self._index(t)
+        raw = self._read_checked(i, self._read_frame, i)
         if self._gain is None:
             return raw
         return np.multiply(raw, self._gain, dtype=np.float32)
@@ -257,7 +384,7 @@ class Movie(abc.ABC):
                 f"crop y={y}, x={x}, h={h}, w={w} of {self.path}: the region must lie inside the "
                 f"{height} x {width} (H x W) frame with h, w >= 1"
             )
-        raw = self._read_crop(i, y, x, h, w)
+        raw = self._read_checked(i, self._read_crop, i, y, x, h, w)
         if self._gain is None:
             return raw
         return np.multiply(raw, self._gain[y : y + h, x : x + w], dtype=np.float32)
@@ -281,7 +408,8 @@ class Movie(abc.ABC):
         """Release the file; frames already returned stay valid."""
         if not self._closed:
             self._closed = True
-            self._close()
+            if self._pid is not None:  # an unpickled movie that never read holds no handles
+                self._close()
 
     def __enter__(self) -> Self:
         return self
@@ -338,11 +466,16 @@ class ArrayMovie(_MappedMovie):
         self._data = arr
 
 
-def _open_npy(path: Path) -> ArrayMovie:
-    _check_readable_file(path)
-    with _parse_errors(path, "a NumPy .npy array"):
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-    return ArrayMovie(data, path)
+class _NpyMovie(ArrayMovie):
+    """A ``.npy`` file, memory-mapped; each process maps it itself."""
+
+    _reopens = True
+
+    def __init__(self, path: Path) -> None:
+        _check_readable_file(path)
+        with _parse_errors(path, "a NumPy .npy array"):
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        super().__init__(data, path)
 
 
 # --- TIFF ------------------------------------------------------------------------------------------------------
@@ -452,9 +585,8 @@ class _TiffPageReader:
         if offset is not None and self._map is not None:
             view = self._map.view(offset, shape, dtype.newbyteorder(self._byteorder))
             return view if view.dtype.isnative else view.astype(dtype)
-        with self._lock, _parse_errors(self.path, "a TIFF page"):
-            data = self._tif.pages[t].asarray()
-        return np.asarray(data, dtype=dtype).reshape(shape)
+        with self._lock, _read_errors(self.path, f"TIFF page {t}", (zlib.error,)):
+            return np.asarray(self._tif.pages[t].asarray(), dtype=dtype).reshape(shape)
 
     def close(self) -> None:
         if self._map is not None:
@@ -465,6 +597,8 @@ class _TiffPageReader:
 
 class _TiffMovie(Movie):
     """A multi-page (or single-page) TIFF: one page per frame."""
+
+    _reopens = True
 
     def __init__(self, path: Path) -> None:
         import tifffile
@@ -648,6 +782,8 @@ def _check_mrc_header(path: Path, size: int) -> None:
 
 
 class _MrcMovie(_MappedMovie):
+    _reopens = True
+
     def __init__(self, path: Path) -> None:
         import mrcfile
 
@@ -686,6 +822,8 @@ _DM_DTYPES: dict[int, str] = {1: "<i2", 2: "<f4", 6: "<u1", 7: "<i4", 9: "<i1", 
 
 class _DmMovie(_MappedMovie):
     """A DigitalMicrograph DM3/DM4 file: the tag tree is parsed by ncempy, the image data memory-mapped."""
+
+    _reopens = True
 
     def __init__(self, path: Path) -> None:
         from ncempy.io import dm
@@ -760,6 +898,8 @@ class _SerMovie(Movie):
     """A TIA series (.ser): the header by ncempy, each 2-D data element memory-mapped and flipped upside down
     (TIA stores rows bottom-up; this matches ``ncempy.io.ser.fileSER.getDataset``)."""
 
+    _reopens = True
+
     def __init__(self, path: Path) -> None:
         from ncempy.io import ser
 
@@ -812,6 +952,8 @@ class _SerMovie(Movie):
 # --- EMD (Berkeley and Velox) ----------------------------------------------------------------------------------
 class _EmdMovie(Movie):
     """An EMD (HDF5) file: Berkeley EMD v0.2 or Velox; frames are read one at a time through h5py."""
+
+    _reopens = True
 
     def __init__(self, path: Path) -> None:
         import h5py
@@ -891,7 +1033,7 @@ class _EmdMovie(Movie):
         return dset, pixel
 
     def _read_crop(self, t: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        with self._lock, _parse_errors(self.path, "an EMD dataset"):
+        with self._lock, _read_errors(self.path, f"frame {t} of the EMD dataset"):
             if self._dset.ndim == 2:
                 data = self._dset[y : y + h, x : x + w]
             elif self._velox:
@@ -922,7 +1064,7 @@ def _open_file(path: Path) -> Movie:
     if suffix in EMD_SUFFIXES:
         return _EmdMovie(path)
     if suffix in NPY_SUFFIXES:
-        return _open_npy(path)
+        return _NpyMovie(path)
     raise InputFileError(
         f"{path}: the suffix {path.suffix or '(none)'} is not a supported movie format; supported are "
         f"{_SUPPORTED_TEXT}, or a folder of single-page TIFFs. Convert the file (e.g. to TIFF or MRC) first."

@@ -4,11 +4,15 @@ Scene (in "intensity" units, the amorphous background averaging 1):
 
 * an amorphous film: a smooth random field (correlation length ``background_correlation`` px, plus a weaker
   component eight times coarser for thickness variation) of relative strength ``background_strength``;
+* optionally a crystal over the field (``field_lattice_contrast`` > 0): two sets of lattice fringes crossed at 60
+  degrees, period ``field_lattice_spacing`` px, over grains covering ``field_lattice_coverage`` of the field; it
+  drifts with the film (the realistic in-situ case that a plain frame difference cannot separate from noise);
 * nanoparticles: soft-edged discs whose mass-thickness profile (a projected sphere on a plateau) makes them darker
   (``particle_contrast`` < 0, bright-field) or brighter (> 0, dark-field) than the film, carrying lattice fringes
   (one or two crossed sets of sinusoidal fringes, spacing ``lattice_spacing`` px, amplitude ``fringe_contrast``)
   that rotate with the particle. Particles move (``particle_speed``), rotate (``rotation``) and grow or shrink
-  (``growth``); the whole field drifts (``drift``, stage drift) and wraps around, so movies can be endless.
+  (``growth``); the whole field drifts (``drift`` px/frame towards ``drift_angle``, random when unset; sub-pixel
+  and exact: a Fourier shift for the film, analytic for the crystal) and wraps around, so movies can be endless.
 
 Detector, applied in this order: Poisson shot noise of ``dose`` x intensity electrons, times ``gain`` (counts per
 electron) plus ``offset`` (counts), optional Gaussian read noise, hot pixels (fixed positions, set to
@@ -45,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _STATIC_STREAM = 0x5CE7E  # seed-sequence tags: the scene (static) and the per-frame noise
 _NOISE_STREAM = 0x7015E
+_LATTICE_STREAM = 0x1A77C  # the field's crystal (drawn apart, so scenes without it are unchanged)
 # Charge sharing: each electron's signal spreads to its direct neighbours with this weight (per axis).
 # Noise correlation is then about 0.5 at 1 px and below 0.08 at 2 px, so a 3x3 (or 1x3 / 3x1) blind spot covers it.
 CHARGE_SHARING = 0.3
@@ -92,6 +97,16 @@ class SimulationConfig(BaseModel):
         -0.35, ge=-0.95, le=5, description="Mass-thickness contrast at a particle's centre: < 0 darker, > 0 brighter."
     )
     drift: float = Field(0.2, ge=0, le=100, description="Stage drift of the whole field (px/frame).")
+    drift_angle: float | None = Field(
+        None, ge=-360, le=360, description="Direction of the stage drift (degrees from +x towards +y); None: random."
+    )
+    field_lattice_contrast: float = Field(
+        0.0, ge=0, le=0.9, description="Amplitude of lattice fringes over the field (a crystal; 0: none)."
+    )
+    field_lattice_spacing: float = Field(5.0, ge=2, le=200, description="Period of the field's lattice fringes (px).")
+    field_lattice_coverage: float = Field(
+        1.0, ge=0.05, le=1, description="Fraction of the field covered by the crystal (smooth-edged grains)."
+    )
     particle_speed: float = Field(0.3, ge=0, le=100, description="Mean particle speed (px/frame).")
     rotation: float = Field(0.5, ge=0, le=90, description="Mean particle rotation rate (deg/frame).")
     growth: float = Field(0.02, ge=-10, le=10, description="Mean change of particle radius (px/frame).")
@@ -131,6 +146,24 @@ class SimulationConfig(BaseModel):
         if self.dtype == OutputDtype.UINT16:
             text += "; rounded and clipped to uint16"
         return text
+
+
+def detector_truth(config: SimulationConfig) -> dict[str, Any]:
+    """The detector's true noise parameters, as a noise estimator reports them (for manifests and tests).
+
+    Before the charge-sharing kernel, a pixel's variance is ``gain * (mean - offset) + read_noise**2``; the
+    kernel (sum 1) keeps the mean and multiplies the per-pixel variance by ``kernel_sum_of_squares``.
+    """
+    kernel = config.kernel
+    return {
+        "gain": config.gain,
+        "offset": config.offset,
+        "read_noise": config.read_noise,
+        "kernel": None if kernel is None else kernel.tolist(),
+        "kernel_sum_of_squares": 1.0 if kernel is None else float(np.sum(kernel**2)),
+        "drift_px_per_frame": config.drift,
+        "field_lattice_spacing_px": config.field_lattice_spacing if config.field_lattice_contrast > 0 else None,
+    }
 
 
 def make_config(**values: Any) -> SimulationConfig:
@@ -196,8 +229,11 @@ class _Scene:
         self.ky = ky
         self.kx = kx
         angle = rng.uniform(0, 2 * math.pi)
+        if cfg.drift_angle is not None:
+            angle = math.radians(cfg.drift_angle)
         self.drift = cfg.drift * np.array([math.sin(angle), math.cos(angle)])  # (dy, dx) per frame
         self._film_still: np.ndarray | None = None
+        self._init_crystal(white)
 
         # Particles: one row per particle.
         n = cfg.n_particles
@@ -225,17 +261,57 @@ class _Scene:
         n_hot = round(cfg.hot_pixel_fraction * h * w)
         self.hot = rng.choice(h * w, size=n_hot, replace=False) if n_hot else np.empty(0, dtype=np.int64)
 
+    def _init_crystal(self, white: np.ndarray) -> None:
+        """The field's crystal: two sets of fringes crossed at 60 degrees, over smooth-edged grains that cover
+        ``field_lattice_coverage`` of the field (a coarse random field thresholded at that quantile)."""
+        cfg = self.cfg
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _LATTICE_STREAM]))
+        theta = rng.uniform(0, math.pi)
+        k = 2.0 * math.pi / cfg.field_lattice_spacing
+        self.lattice_k = [k * np.array([math.sin(a), math.cos(a)]) for a in (theta, theta + math.pi / 3)]
+        self.lattice_phase = rng.uniform(0, 2 * math.pi, 2)
+        self.grain_spectrum: np.ndarray | None = None
+        self.grain_threshold = 0.0
+        if cfg.field_lattice_contrast <= 0 or cfg.field_lattice_coverage >= 1:
+            return
+        k2 = self.ky**2 + self.kx**2
+        grains = sp_fft.irfft2(white * np.exp(-2.0 * math.pi**2 * 24.0**2 * k2), s=(self.ph, self.pw))
+        grains /= max(float(grains.std()), 1e-12)
+        self.grain_threshold = float(np.quantile(grains, 1.0 - cfg.field_lattice_coverage))
+        self.grain_spectrum = sp_fft.rfft2(grains - self.grain_threshold)
+
+    def _shifted(self, spectrum: np.ndarray, t: int) -> np.ndarray:
+        """The periodic field of ``spectrum`` shifted by the stage drift at frame t (Fourier phase), (H, W)."""
+        shift = self.drift * t
+        if shift.any():
+            dy = shift[0] % self.ph
+            dx = shift[1] % self.pw
+            spectrum = spectrum * np.exp(-2j * math.pi * (self.ky * dy + self.kx * dx))
+        return np.asarray(sp_fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width])
+
+    def crystal(self, t: int) -> np.ndarray | None:
+        """The field's lattice transmission 1 + contrast * fringes * grains (H, W) at frame t, or None."""
+        cfg = self.cfg
+        if cfg.field_lattice_contrast <= 0:
+            return None
+        shift = self.drift * t
+        yy = np.arange(cfg.height, dtype=np.float64)[:, None] - shift[0]
+        xx = np.arange(cfg.width, dtype=np.float64)[None, :] - shift[1]
+        fringes = sum(
+            np.cos(kv[0] * yy + kv[1] * xx + ph) for kv, ph in zip(self.lattice_k, self.lattice_phase, strict=True)
+        )
+        amplitude = 0.5 * cfg.field_lattice_contrast * np.asarray(fringes)
+        if self.grain_spectrum is not None:
+            amplitude *= 0.5 * (1.0 + np.tanh(self._shifted(self.grain_spectrum, t) / 0.2))
+        return (1.0 + amplitude).astype(np.float32)
+
     def film(self, t: int) -> np.ndarray:
         """The film's intensity (H, W) at frame t (stage drift applied)."""
-        shift = self.drift * t
-        if not shift.any():
+        if not (self.drift * t).any():
             if self._film_still is None:
                 self._film_still = self._film_from(self.film_spectrum)
             return self._film_still
-        dy = shift[0] % self.ph
-        dx = shift[1] % self.pw
-        ramp = np.exp(-2j * math.pi * (self.ky * dy + self.kx * dx))
-        return self._film_from(self.film_spectrum * ramp)
+        return (1.0 + self._shifted(self.film_spectrum, t)).astype(np.float32)
 
     def _film_from(self, spectrum: np.ndarray) -> np.ndarray:
         field = sp_fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width]
@@ -274,6 +350,9 @@ class _Scene:
                 fringes = 0.5 * (fringes + np.cos(k * (xx * math.cos(theta2) + yy * math.sin(theta2)) + self.phase2[i]))
             factor = 1.0 + thickness * (np.float32(self.contrast[i]) + np.float32(cfg.fringe_contrast) * fringes)
             transmission[y_lo:y_hi, x_lo:x_hi] *= np.maximum(factor, 0.05).astype(np.float32)
+        crystal = self.crystal(t)
+        if crystal is not None:
+            transmission *= crystal
         intensity = self.film(t) * transmission
         return np.maximum(intensity, np.float32(0.02), dtype=np.float32)
 
@@ -427,6 +506,7 @@ def write_simulation(
         "dose_e_per_px_per_frame": config.dose,
         "noise_model": config.noise_model(),
         "kernel": None if kernel is None else kernel.tolist(),
+        "truth": detector_truth(config),
         "mean_intensity": total_intensity / n,
         "mean_counts_noisy": total_noisy / n,
         "mean_counts_clean": total_clean / n,

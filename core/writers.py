@@ -15,8 +15,10 @@ may lose what the OS had not yet written (pass ``fsync=True`` to force each fram
 The pixel size is kept in the MRC voxel size (Å) and in the TIFF resolution tags (pixels per centimetre, or per
 micrometre below 2.5 pm), where :func:`open_movie` finds it again.
 
-Pixel types: frames are converted to the writer's dtype. Into an integer dtype, values are rounded to the nearest
-integer (half to even) and clipped to the dtype's range (NaN/inf are refused); into a float dtype, values are cast.
+Pixel types: what each format stores comes from the pixel-type policy (:mod:`emlive.core.pixeltypes`): TIFF every
+type, MRC int8, int16, uint16, float16 and float32 (modes 0, 1, 6, 12, 2). Frames are converted to the writer's
+dtype. Into an integer dtype, values are rounded to the nearest integer (half to even) and clipped to the dtype's
+range (NaN/inf are refused); into a float dtype, values are cast.
 """
 
 from __future__ import annotations
@@ -32,16 +34,13 @@ import numpy as np
 
 from emlive import __version__
 from emlive.core.errors import InputDataError, InputFileError
+from emlive.core.pixeltypes import MRC_MODES, storage_dtype, stored_dtypes
 
 logger = logging.getLogger(__name__)
 
 WRITER_SUFFIXES = frozenset({".tif", ".tiff", ".mrc", ".mrcs"})
-TIFF_DTYPES = frozenset(
-    np.dtype(d) for d in ("uint8", "uint16", "int8", "int16", "uint32", "int32", "float32", "float64")
-)
-MRC_DTYPES = frozenset(np.dtype(d) for d in ("int8", "int16", "uint16", "float16", "float32"))
-_MRC_MODES = {np.dtype("int8"): 0, np.dtype("int16"): 1, np.dtype("float32"): 2, np.dtype("uint16"): 6,
-              np.dtype("float16"): 12}  # fmt: skip
+TIFF_DTYPES = stored_dtypes("tiff")
+MRC_DTYPES = stored_dtypes("mrc")
 
 
 def _names(dtypes: frozenset[np.dtype[Any]]) -> str:
@@ -79,7 +78,7 @@ class _MrcBackend:
         h = np.zeros((), dtype=HEADER_DTYPE.newbyteorder("<")).view(np.recarray)
         height, width = frame_shape
         h.nx, h.ny, h.nz = width, height, 0
-        h.mode = _MRC_MODES[dtype]
+        h.mode = MRC_MODES[dtype]
         h.mx, h.my, h.mz = width, height, 1
         voxel_a = 0.0 if pixel_nm is None else pixel_nm * 10.0
         h.cella.x, h.cella.y, h.cella.z = width * voxel_a, height * voxel_a, voxel_a
@@ -204,12 +203,11 @@ class MovieWriter:
             raise InputDataError(f"{self.path}: {dtype!r} is not a pixel type") from exc
         allowed = TIFF_DTYPES if self.format == "tiff" else MRC_DTYPES
         if self.dtype not in allowed:
-            hint = (
-                " (MRC mode 0 is signed int8: write uint8 data as uint16, or as TIFF)" if self.dtype == np.uint8 else ""
-            )
+            wider = storage_dtype(self.dtype, self.format)
+            hint = f" ({self.format.upper()} stores {self.dtype} losslessly as {wider})" if wider is not None else ""
             raise InputDataError(
                 f"{self.path}: pixel type {self.dtype} cannot be written to {self.format.upper()}; use one of "
-                f"{_names(allowed)}{hint}"
+                f"{_names(allowed)}{hint}, or write TIFF, which stores every pixel type"
             )
         if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
             raise InputDataError(f"{self.path}: pixel_size_nm={pixel_size_nm} must be a finite number > 0, or None")

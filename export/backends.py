@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE_CPU = 1024
 DEFAULT_TILE_GPU = 2048
 MAX_SESSIONS = 4
+MAX_BINDINGS_PER_SESSION = 4  # buffer pairs (frame, tile) bound per session; the oldest is dropped beyond
 
 
 class InferenceEngine(abc.ABC):
@@ -190,7 +191,9 @@ class OrtEngine(InferenceEngine):
         self.threads = threads if threads is not None else physical_cores()
         self.name = name
         self._sessions: OrderedDict[tuple[int, int], Any] = OrderedDict()
-        self._bindings: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        # IOBindings per session: a binding belongs to the session that made it, so they live and die with it
+        # (keyed by the session object, never by id(): a new session can reuse an evicted one's id)
+        self._bindings: dict[Any, OrderedDict[tuple[int, ...], Any]] = {}
         if self._cpu:
             self.device = cpu_description(self.threads)
             self.default_tile = DEFAULT_TILE_CPU
@@ -246,22 +249,27 @@ class OrtEngine(InferenceEngine):
                 f"{self._provider} (missing CUDA/cuDNN/TensorRT libraries or no GPU); {GPU_INSTALL_HINT}"
             )
         self._sessions[key] = session
+        self._bindings[session] = OrderedDict()
         while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+            _, evicted = self._sessions.popitem(last=False)
+            self._bindings.pop(evicted, None)
         return session
 
     def infer(self, x: np.ndarray, out: np.ndarray) -> None:
         h, w = x.shape[-2], x.shape[-1]
         session = self._session((h, w))
-        key = (id(session), x.ctypes.data, out.ctypes.data, h, w, x.shape[1])
-        binding = self._bindings.get(key)
+        bindings = self._bindings[session]
+        key = (x.ctypes.data, out.ctypes.data, *x.shape, *out.shape)
+        binding = bindings.get(key)
         if binding is None:
             binding = session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, x)
             binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-            self._bindings[key] = binding
-            while len(self._bindings) > 2 * MAX_SESSIONS:
-                self._bindings.popitem(last=False)
+            bindings[key] = binding
+            while len(bindings) > MAX_BINDINGS_PER_SESSION:
+                bindings.popitem(last=False)
+        else:
+            bindings.move_to_end(key)
         session.run_with_iobinding(binding)
 
     def close(self) -> None:

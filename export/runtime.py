@@ -3,17 +3,21 @@
 
 >>> den = Denoiser.load("model.onnx")                      # or .ckpt/.pt, or a TensorRT .engine
 >>> clean_center = den.denoise_window(window)              # (N, H, W) detector frames -> (H, W) float32
->>> for t, frame in den.denoise_movie(movie): ...          # every frame, mirrored windows at the ends
+>>> for t, frame in den.denoise_movie(movie): ...          # every frame, leak-free windows at the ends
 
 What happens inside, in order:
 
-1. **Validation.** A window must be ``(N, H, W)`` with the model's N, a supported dtype (uint8, uint16, int16,
-   int32, float32, float64) and finite values; anything else is an :class:`~emlive.core.errors.InputDataError`
-   naming the value, the rule and the fix.
+1. **Validation.** A window must be ``(N, H, W)`` with the model's N, a pixel type of the policy
+   (:mod:`emlive.core.pixeltypes`: every type the wire protocol carries, either byte order, plus int64/uint64 from
+   files) and finite values; anything else is an :class:`~emlive.core.errors.InputDataError` naming the value,
+   the rule and the fix.
 2. **Normalisation** (the card's ``zscore_per_frame``): every frame of the window is z-scored on its own with the
-   statistics of :func:`emlive.core.normalize.frame_stats` (mean and std of the *whole* frame), written into a
-   float32 buffer reused for every window of that shape. The output is mapped back with the center frame's
-   mean and std, so it is in the input's units.
+   statistics of :func:`emlive.core.normalize.frame_stats` (mean and std of the *whole* frame, float64, huge
+   finite values handled), written into a float32 buffer reused for every window of that shape: in float32 for
+   types whose values are all float32s, in float64 for 32/64-bit integers and float64
+   (:func:`emlive.core.normalize.normalize_into`). The output is mapped back with the center frame's mean and std,
+   so it is in the input's units (float32; a frame whose result would not fit a float32 is refused, naming the
+   range).
 3. **Tiling.** Frames larger than ``tile`` (default 1024 px on the CPU, 2048 on a GPU, at most the TensorRT
    profile's maximum) are cut into overlapping tiles (:mod:`emlive.export.tiling`) whose margin is at least the
    network's receptive radius and whose origins are aligned to its pooling factor: the stitched result equals
@@ -57,8 +61,9 @@ import numpy as np
 from emlive.core.errors import ConfigError, InputDataError, ModelFileError
 from emlive.core.modelcard import ModelCard, Normalization, load_checkpoint
 from emlive.core.network import BlindSpotNet
-from emlive.core.normalize import frame_stats
-from emlive.core.windows import mirrored_indices
+from emlive.core.normalize import denormalize, frame_stats, normalize_into
+from emlive.core.pixeltypes import PIXEL_TYPES, check_pixel_type
+from emlive.core.windows import window_indices
 from emlive.export.backends import (
     InferenceEngine,
     OpenVinoEngine,
@@ -73,11 +78,10 @@ from emlive.export.tiling import Tile, check_tile, plan_tiles, tile_margin
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64))
+SUPPORTED_DTYPES = tuple(t.dtype for t in PIXEL_TYPES.values())  # the pixel-type policy's, native byte order
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".trt")
-_DTYPE_NAMES = ", ".join(d.name for d in SUPPORTED_DTYPES)
 MAX_BUFFERS = 16
 
 
@@ -410,16 +414,11 @@ class Denoiser:
 
     # --- validation ---------------------------------------------------------------------------------------------
     def _check_dtype(self, dtype: np.dtype[Any], what: str) -> None:
-        if np.dtype(dtype).newbyteorder("=") not in SUPPORTED_DTYPES:
-            raise InputDataError(
-                f"{what} has dtype {dtype}: supported detector dtypes are {_DTYPE_NAMES}; convert it first, "
-                "e.g. with .astype(np.float32)"
-            )
+        check_pixel_type(dtype, what)
 
     def _stats(self, frame: np.ndarray, what: str) -> tuple[float, float]:
         try:
-            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: reported below, not as a warning
-                mean, std = frame_stats(frame)
+            mean, std = frame_stats(frame)
         except InputDataError:
             n_nan = int(np.count_nonzero(np.isnan(frame)))
             n_inf = int(np.count_nonzero(np.isinf(frame)))
@@ -439,8 +438,8 @@ class Denoiser:
         if arr.shape[0] != self.frames:
             raise InputDataError(
                 f"window of {arr.shape[0]} frames: this model needs exactly N={self.frames} consecutive frames "
-                f"(the center one is denoised); pass {self.frames} frames, or use denoise_movie, which mirrors the "
-                "window at the ends of a movie"
+                f"(the center one is denoised); pass {self.frames} frames, or use denoise_movie, which builds the "
+                "windows at the ends of a movie (emlive.core.windows.window_indices)"
             )
         if arr.shape[1] < 1 or arr.shape[2] < 1:
             raise InputDataError(f"window of shape {arr.shape}: frames must be at least 1 x 1 pixels")
@@ -467,10 +466,7 @@ class Denoiser:
 
     @staticmethod
     def _normalize_into(frame: np.ndarray, mean: float, std: float, out: np.ndarray) -> None:
-        # Same arithmetic as core.normalize.zscore: (float32(x) - float32(mean)) / float32(std).
-        np.copyto(out, frame, casting="unsafe")
-        out -= np.float32(mean)
-        out /= np.float32(std)
+        normalize_into(frame, mean, std, out)  # the arithmetic of core.normalize.zscore, per the pixel type
 
     # --- inference ----------------------------------------------------------------------------------------------
     def _plan(self, shape: tuple[int, int]) -> list[Tile]:
@@ -532,17 +528,17 @@ class Denoiser:
 
     @staticmethod
     def _denormalize(z: np.ndarray, mean: float, std: float) -> np.ndarray:
-        result = np.multiply(z, np.float32(std), dtype=np.float32)
-        result += np.float32(mean)
-        return result
+        return denormalize(z, mean, std, "the center frame of the window")
 
     def denoise_movie(self, movie: Any, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Denoise frames ``start``..``stop - 1`` of a (T, H, W) movie, yielding ``(t, frame)`` in order.
 
         ``movie``: anything with ``len()`` (or ``.shape``) and ``.frame(t)`` or ``[t]`` (a NumPy array, an
-        :class:`emlive.core.readers.Movie`, a memory map). Windows are mirrored at the ends
-        (:func:`emlive.core.windows.mirrored_indices`). Each frame is read and normalised once and kept in a
-        rolling cache of at most N + 1 frames; the movie is never loaded whole.
+        :class:`emlive.core.readers.Movie`, a memory map). Windows come from
+        :func:`emlive.core.windows.window_indices` (at the ends, neighbours mirrored about the center frame, never
+        the center itself; the empty slots of a single-frame movie are zeros in normalised units). Each frame is
+        read and normalised once and kept in a rolling cache of at most N + 1 frames; the movie is never loaded
+        whole.
         """
         length = self._movie_length(movie)
         stop = length if stop is None else stop
@@ -574,41 +570,44 @@ class Denoiser:
         pool: list[np.ndarray] = []
         shape: tuple[int, int] | None = None
         for t in range(start, stop):
-            indices = mirrored_indices(t, n, length)
-            for idx in indices:
-                if idx in cache:
-                    continue
-                frame = read(idx)
-                arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
-                if arr.ndim != 2:
-                    raise InputDataError(
-                        f"movie frame {idx} has shape {arr.shape}: expected an (H, W) frame; pass a (T, H, W) movie"
-                    )
-                if shape is None:
-                    shape = (arr.shape[0], arr.shape[1])
-                    self._check_dtype(arr.dtype, f"movie frame {idx}")
-                elif arr.shape != shape:
-                    raise InputDataError(
-                        f"movie frame {idx} is {arr.shape[0]}x{arr.shape[1]}, frame {indices[0]}.. are "
-                        f"{shape[0]}x{shape[1]}: all frames of a movie must have the same size"
-                    )
-                else:
-                    self._check_dtype(arr.dtype, f"movie frame {idx}")
+            indices = window_indices(t, n, length)
+            for idx in sorted({i for i in indices if i is not None} - cache.keys()):  # in file order
+                arr = self._read_movie_frame(read, idx, shape)
+                shape = (arr.shape[0], arr.shape[1])
                 mean, std = self._stats(arr, f"movie frame {idx}")
                 slot = pool.pop() if pool else np.empty(shape, dtype=np.float32)
                 self._normalize_into(arr, mean, std, slot)
                 cache[idx] = (slot, mean, std)
             assert shape is not None
             buf = self._input_buffer(shape)
-            for i, idx in enumerate(indices):
-                np.copyto(buf[0, i], cache[idx][0])
-            _, mean_c, std_c = cache[indices[n // 2]]
+            for i, slot_idx in enumerate(indices):
+                if slot_idx is None:
+                    buf[0, i] = 0.0  # an empty slot (single-frame movie): the frame mean in normalised units
+                else:
+                    np.copyto(buf[0, i], cache[slot_idx][0])
+            _, mean_c, std_c = cache[t]
             result = self._denormalize(self._run(buf), mean_c, std_c)
             if t + 1 < stop:
-                keep = set(mirrored_indices(t + 1, n, length))
+                keep = set(window_indices(t + 1, n, length))
                 for idx in [i for i in cache if i not in keep]:
                     pool.append(cache.pop(idx)[0])
             yield t, result
+
+    def _read_movie_frame(self, read: Callable[[int], Any], idx: int, shape: tuple[int, int] | None) -> np.ndarray:
+        """Frame ``idx`` of a movie as an (H, W) array of a supported dtype, the size of the others (``shape``)."""
+        frame = read(idx)
+        arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
+        if arr.ndim != 2:
+            raise InputDataError(
+                f"movie frame {idx} has shape {arr.shape}: expected an (H, W) frame; pass a (T, H, W) movie"
+            )
+        if shape is not None and arr.shape != shape:
+            raise InputDataError(
+                f"movie frame {idx} is {arr.shape[0]}x{arr.shape[1]}, the frames read before it are "
+                f"{shape[0]}x{shape[1]}: all frames of a movie must have the same size"
+            )
+        self._check_dtype(arr.dtype, f"movie frame {idx}")
+        return arr
 
     def close(self) -> None:
         """Release the engine (sessions, GPU memory) and the buffers."""

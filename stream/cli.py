@@ -96,7 +96,16 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference."),
         tile: int | None = typer.Option(None, "--tile", help="Tile size for large frames (runtime default if unset)."),
         queue_size: int = typer.Option(
-            32, "--queue", help="Input queue bound (messages; memory up to this many frames)."
+            32, "--queue", help="Input queue bound in messages (also bounded in bytes by --memory-budget)."
+        ),
+        memory_budget: str = typer.Option(
+            "1GiB",
+            "--memory-budget",
+            help="Bytes the service may hold for frames (e.g. 512MiB, 4GiB): a quarter bounds the input queue; "
+            "frame sizes that need more than half are rejected.",
+        ),
+        drain: float = typer.Option(
+            2.0, "--drain", help="--lossless stop: seconds to keep taking what the input socket already holds."
         ),
         hwm: int = typer.Option(8, "--hwm", help="ZeroMQ high-water mark of the input socket (messages)."),
         output_hwm: int = typer.Option(
@@ -119,8 +128,10 @@ def register(app: typer.Typer) -> None:
         """Denoise a live detector stream: frames in over ZeroMQ, denoised frames out on a PUB socket.
 
         Once serving, prints one JSON line on stdout: {"ready": true, "endpoints": {...}} (the real ports when
-        an address asks for port 0). SIGINT/SIGTERM shut down cleanly (the window is flushed, the recording
-        closed). Protocol: docs/protocol.md."""
+        an address asks for port 0). SIGINT/SIGTERM shut down cleanly: every message already received is
+        denoised, published and recorded (with --lossless, what the input socket holds is drained first, up to
+        --drain seconds), the window is flushed, the recording closed. Protocol: docs/protocol.md."""
+        from emlive.stream.budget import parse_bytes
         from emlive.stream.service import DenoiseService, ServiceConfig
 
         config = ServiceConfig(
@@ -142,6 +153,8 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             tile=tile,
             queue_size=queue_size,
+            memory_budget=parse_bytes(memory_budget),
+            drain_s=drain,
             hwm=hwm,
             output_hwm=output_hwm,
             status_interval_s=status_interval,

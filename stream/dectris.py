@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from emlive.core.pixeltypes import WIRE_DTYPES
 from emlive.core.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     Message,
@@ -59,16 +60,7 @@ _HDF5_HEADER = struct.Struct(">QI")  # total uncompressed bytes, block size in b
 _NO_HEADER_MIN = 1 << 32
 _LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 _ENCODING = re.compile(r"^(?:bs(8|16|32|64))?(?:-?(lz4))?([<>|])?$")
-_PIXEL_TYPES = {
-    "uint8": "u1",
-    "uint16": "u2",
-    "uint32": "u4",
-    "int8": "i1",
-    "int16": "i2",
-    "int32": "i4",
-    "float32": "f4",
-    "float64": "f8",
-}
+_PIXEL_TYPES = WIRE_DTYPES  # DECTRIS names pixel types as numpy does; the pixel-type policy decides which are taken
 _BIT_DEPTHS = {8: "uint8", 16: "uint16", 32: "uint32"}
 _CONFIG_KEYS = (
     "count_time",

@@ -8,9 +8,16 @@ by a writer thread as they arrive; :class:`emlive.core.writers.MovieWriter` keep
 frame, so a crash loses at most the frame being written. A name that exists already is never overwritten: the
 next free ``-2``, ``-3``, ... suffix is used.
 
+Pixel types follow the policy of :mod:`emlive.core.pixeltypes`: every frame the protocol carries is kept without
+loss. A type the record's format cannot hold as it is goes into a wider type that holds every value (uint8 in MRC:
+uint16); a type the format cannot hold at all (uint32, int32 and float64 in MRC: float32 rounds integers above
+2**24) is recorded to a TIFF file of the same name instead, for that acquisition, with one logged warning. The
+first frame decides (a ``start`` message need not announce the type); a type change mid-acquisition starts a new
+file, again by the same rule. So a valid frame never stops the recording.
+
 Recording never drops a frame silently: when the disk is slower than the stream, :meth:`Recorder.submit`
-blocks (the service's input queue then fills; see the service's overload policy). A write error is fatal for the
-service (the record could no longer be trusted).
+blocks (the service's input queue then fills; see the service's overload policy). A write error (disk full,
+folder removed) is fatal for the service (the record could no longer be trusted).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from typing import Any, Literal, TextIO
 import numpy as np
 
 from emlive.core.errors import ConfigError, EmliveError, InputFileError
+from emlive.core.pixeltypes import check_pixel_type, lossless_format, storage_dtype
 from emlive.core.protocol import Header
-from emlive.core.writers import MRC_DTYPES, TIFF_DTYPES, WRITER_SUFFIXES, MovieWriter, open_writer
+from emlive.core.writers import WRITER_SUFFIXES, MovieWriter, open_writer
 from emlive.stream.modes import RecordWhat
 from emlive.stream.telemetry import Telemetry
 
@@ -207,22 +215,24 @@ class Recorder:
         cur.writer.append(data)
         self._telemetry.count(f"recorded_{kind}")
 
-    def _file_dtype(self, dtype: np.dtype[Any], target: Path) -> np.dtype[Any]:
-        native = dtype.newbyteorder("=")
-        allowed = TIFF_DTYPES if target.suffix.lower() in (".tif", ".tiff") else MRC_DTYPES
-        if native in allowed:
-            return native
-        if native == np.dtype(np.uint8) and np.dtype(np.uint16) in allowed:
-            return np.dtype(np.uint16)  # MRC has no uint8: widen, losslessly
-        raise ConfigError(
-            f"--record {self.path}: {native} frames cannot be stored in {target.suffix} files without loss; "
-            f"record to a .tif file instead"
-        )
+    def _suffix_for(self, dtype: np.dtype[Any], acquisition: str, kind: Kind) -> str:
+        """The record's suffix, or ``.tif`` when its format cannot keep every value of ``dtype`` (logged)."""
+        check_pixel_type(dtype, f"{kind} frame of {acquisition!r}", ConfigError)
+        suffix = self.path.suffix
+        if lossless_format(dtype, suffix) == "tiff" and suffix.lower() not in (".tif", ".tiff"):
+            logger.warning(
+                "recording %s frames of %s: %s files cannot keep every %s value (no MRC mode holds them all: "
+                "float32, the widest, rounds them), so this acquisition's %s frames are recorded to a .tif file of "
+                "the same name instead",
+                kind, acquisition, suffix, dtype.newbyteorder("="), kind,
+            )  # fmt: skip
+            return ".tif"
+        return suffix
 
     def _open_file(
         self, acquisition: str, kind: Kind, shape: tuple[int, int], dtype: np.dtype[Any], header: Header
     ) -> _Open:
-        stem, suffix = self.path.stem, self.path.suffix
+        stem, suffix = self.path.stem, self._suffix_for(dtype, acquisition, kind)
         base = f"{stem}-{safe_name(acquisition)}"
         n = 1
         while True:
@@ -231,7 +241,9 @@ class Recorder:
             if not target.exists() and target not in self.files:
                 break
             n += 1
-        file_dtype = self._file_dtype(dtype, target)
+        file_dtype = storage_dtype(dtype, target.suffix)  # the type itself, or a wider one holding every value
+        if file_dtype is None:  # _suffix_for picked a format that holds it: cannot happen
+            raise ConfigError(f"--record {self.path}: {dtype} frames cannot be stored in {target.suffix} files")
         writer = open_writer(target, shape, file_dtype, header.pixel_size_nm, overwrite=False, fsync=self._fsync)
         index_file = target.with_name(target.name + ".frames.jsonl").open("w", encoding="utf-8")
         self.files.append(target)

@@ -15,7 +15,7 @@ Threads (each owns its sockets; a thread's exception is handed to the thread tha
 
 Overload policy. *Live* (default): when frames arrive faster than the model runs, the pipeline takes every
 queued frame into the window (and the recording) but runs the model only on the newest complete window (and on
-the mirrored tail of an acquisition that just ended); the others are counted as ``skipped``. Latency stays at
+the flushed tail of an acquisition that just ended); the others are counted as ``skipped``. Latency stays at
 about one to two inferences and memory at the queue bound. If frames arrive so fast that the input queue
 (``queue_size`` messages) fills during a single inference, the receiver drops the oldest queued message (counted
 as ``dropped``, logged at most every 5 s; the gap resets the window). *Lossless* (``lossless=True``): every frame
@@ -23,9 +23,21 @@ is denoised in order. When the input queue is full the receiver stops reading: t
 (RCVHWM) fills and, with ``input_mode="pull"``, the detector's PUSH blocks: back-pressure, nothing is lost
 (counted as ``backpressure`` episodes, logged at most every 5 s). A SUB socket cannot hold a PUB back (the PUB
 drops what exceeds its HWM), so lossless mode with SUB input warns at start, and frames lost upstream show up as
-counted, logged gaps. Memory: the input queue holds up to ``queue_size`` frames (and the pipeline the batch it
-took from it, as many again), the window N (2N-1 in its buffer), the output up to ``output_hwm`` frames per
-slow subscriber.
+counted, logged gaps. Memory: ``memory_budget`` bytes bound the frames (:mod:`emlive.stream.budget`): the input
+queue holds up to ``queue_size`` messages and a quarter of the budget (the pipeline the batch it took from it,
+as much again); a frame size whose window and model buffers need more than half the budget is rejected
+(``over_budget``) and never warmed up for. The output holds up to ``output_hwm`` frames per slow subscriber.
+
+Bad input. Every message is decoded and checked at the boundary (:func:`emlive.core.protocol.decode`); a refused
+one is counted per reason (``status()["rejected"]``), logged in full the first time its reason occurs and then
+summarised with the status line (:class:`emlive.stream.errorlog.ErrorLog`), and dropped; the service goes on.
+Control requests are answered always, a refused one with ``{"ok": false, "error": ..., "kind": ...}``
+(counted in ``status()["control_errors"]``). A ``start`` announcing a frame size only schedules a warm-up, run by
+the pipeline when its queue is empty (the latest announced size, once).
+
+Stop. ``stop()`` (SIGINT/SIGTERM in the CLI) stops reading the input; every message already taken from the socket
+is processed, published and recorded before the service exits. With ``lossless``, the receiver first drains
+what ZeroMQ already holds for it until the input is quiet for 100 ms or ``drain_s`` passed.
 
 Only one consumer may read a detector's PUSH stream: a second PULL would receive every other frame (ZeroMQ
 deals PUSH messages round-robin). In PULL mode the service is that one consumer and re-publishes on its PUB.
@@ -37,7 +49,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +80,9 @@ from emlive.core.protocol import (
     open_socket,
     parse_json_object,
 )
+from emlive.stream.budget import DEFAULT_MEMORY_BUDGET, MemoryBudget, format_bytes
+from emlive.stream.errorlog import ErrorLog
+from emlive.stream.inputqueue import InputQueue
 from emlive.stream.modes import InputFormat, InputMode
 from emlive.stream.recording import Recorder, RecordWhat, check_record_path
 from emlive.stream.telemetry import Telemetry, format_line
@@ -105,7 +119,9 @@ class ServiceConfig:
     bound by the service, on 127.0.0.1 unless ``bind_any``. ``queue_size`` bounds the input queue (messages),
     ``hwm`` the input, status and control sockets' high-water marks (messages), ``output_hwm`` the output's: a
     subscriber that falls that many messages behind loses the newer ones (a PUB never waits), so the output may
-    hold up to ``output_hwm`` frames per slow subscriber in memory.
+    hold up to ``output_hwm`` frames per slow subscriber in memory. ``memory_budget`` (bytes) bounds the frames
+    the service holds (:mod:`emlive.stream.budget`): the input queue in bytes, the largest frame, warm-ups.
+    ``drain_s`` bounds how long a lossless stop keeps taking what the input socket already holds.
     """
 
     model: Path | None
@@ -130,6 +146,8 @@ class ServiceConfig:
     output_hwm: int = 32
     status_interval_s: float = 5.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    drain_s: float = 2.0
     linger_ms: int = 1000
     shutdown_timeout_s: float = 30.0
     curve_server: CurveServer | None = None
@@ -167,6 +185,9 @@ class ServiceConfig:
             raise ConfigError(f"status interval {self.status_interval_s} s: must be > 0")
         if self.max_frame_bytes < 1:
             raise ConfigError(f"maximum frame size {self.max_frame_bytes} bytes: must be >= 1")
+        MemoryBudget(self.memory_budget)  # raises ConfigError when too small
+        if not 0 <= self.drain_s <= 60:
+            raise ConfigError(f"drain time {self.drain_s} s: must be between 0 and 60 s")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: must be >= 1 (or unset for the backend's default)")
         if self.record is not None:
@@ -200,51 +221,6 @@ def model_info(denoiser: DenoiserLike, path: Path | None) -> dict[str, Any]:
         "width": getattr(network, "width", None),
         "blind_spot": None if network is None else list(getattr(network, "blind_spot", ())) or None,
     }
-
-
-class _InputQueue:
-    """A bounded FIFO of received messages with the two overload behaviours (drop oldest, or wait)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: deque[tuple[list[zmq.Frame], float, float]] = deque()
-        self._maxsize = maxsize
-        self._cond = threading.Condition()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-    def put_drop_oldest(self, item: tuple[list[zmq.Frame], float, float]) -> bool:
-        """Add ``item``; drops the oldest queued one when full. Returns True when one was dropped."""
-        with self._cond:
-            dropped = False
-            if len(self._items) >= self._maxsize:
-                self._items.popleft()
-                dropped = True
-            self._items.append(item)
-            self._cond.notify()
-            return dropped
-
-    def put_wait(self, item: tuple[list[zmq.Frame], float, float], timeout: float) -> bool:
-        """Add ``item``, waiting up to ``timeout`` s for room; False when there was none."""
-        with self._cond:
-            if len(self._items) >= self._maxsize and not self._cond.wait_for(
-                lambda: len(self._items) < self._maxsize, timeout
-            ):
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get(self, timeout: float) -> list[tuple[list[zmq.Frame], float, float]]:
-        """Every queued item (oldest first), waiting up to ``timeout`` s for one; [] when none came."""
-        with self._cond:
-            if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
-                return []
-            out = list(self._items)
-            self._items.clear()
-            self._cond.notify_all()
-            return out
 
 
 @dataclass(frozen=True)
@@ -297,7 +273,11 @@ class DenoiseService:
         self._receiver_done = threading.Event()
         self._errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
-        self._queue = _InputQueue(config.queue_size)
+        self.budget = MemoryBudget(config.memory_budget)
+        self._queue = InputQueue(config.queue_size, self.budget.queue_bytes)
+        self._input_errors = ErrorLog(logger, "rejected message")
+        self._control_errors = ErrorLog(logger, "control request refused")
+        self._warm_pending: tuple[tuple[int, int], np.dtype[Any]] | None = None
         self._assembler: WindowAssembler | None = None
         self._recorder: Recorder | None = None
         self._ctx: zmq.Context[Any] | None = None
@@ -318,11 +298,16 @@ class DenoiseService:
             from emlive.stream.dectris import DectrisDecoder
 
             self._decoder = DectrisDecoder(
-                config.input_format, channel=config.dectris_channel, max_frame_bytes=config.max_frame_bytes
+                config.input_format, channel=config.dectris_channel, max_frame_bytes=self.max_frame_bytes
             )
         self._started = False
         self._stopped = False
         self.endpoints: dict[str, str] = {}
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame accepted: the configured maximum, capped by the input queue's share of the budget."""
+        return min(self.config.max_frame_bytes, self.budget.queue_bytes)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -400,7 +385,7 @@ class DenoiseService:
             in_type,
             hwm=cfg.hwm,
             linger_ms=0,
-            max_message_bytes=cfg.max_frame_bytes + MAX_HEADER_BYTES,
+            max_message_bytes=self.max_frame_bytes + MAX_HEADER_BYTES,
             curve=cfg.curve_client,
         )
         self._sockets["input"] = sock
@@ -455,7 +440,7 @@ class DenoiseService:
 
     def stop(self) -> None:
         """Shut down: the receiver stops, the pipeline denoises what was received (flushing the window with
-        mirrored ends), the recording is completed and closed, every socket is closed. Re-raises the first
+        end-of-run windows), the recording is completed and closed, every socket is closed. Re-raises the first
         error a worker thread handed over."""
         if self._stopped or not self._started:
             return
@@ -518,6 +503,11 @@ class DenoiseService:
             self.telemetry.gauge("model_swap", dict(self._swap_state))
         if self._recorder is not None:
             self.telemetry.gauge("recordings", [str(p) for p in self._recorder.files])
+        self.telemetry.gauge("control_errors", self._control_errors.snapshot())
+        self.telemetry.gauge(
+            "memory", {"budget_bytes": self.budget.total, "input_queue_bytes": self._queue.nbytes,
+                       "input_queue_limit_bytes": self.budget.queue_bytes}
+        )  # fmt: skip
         return self.telemetry.snapshot()
 
     def wait_for_subscribers(self, n: int, timeout: float, *, exact: bool = False) -> bool:
@@ -599,32 +589,52 @@ class DenoiseService:
                             break
                         self._receive_one(sock)
             if self.config.lossless:
-                # messages the socket already accepted are the service's to keep: drain them (bounded in time)
-                deadline = time.monotonic() + 1.0
-                while time.monotonic() < deadline and sock.poll(0, zmq.POLLIN):
-                    self._receive_one(sock)
+                self._drain(sock)
         finally:
             self._receiver_done.set()
+
+    def _drain(self, sock: zmq.Socket[Any]) -> None:
+        """Lossless stop: take what ZeroMQ already holds for the service (its receive buffer, and what is still
+        on its way from the peer) until the input is quiet for 100 ms or ``drain_s`` has passed. The pipeline
+        processes everything taken (the queue's byte bound still holds: the receiver waits for room)."""
+        deadline = time.monotonic() + self.config.drain_s
+        drained = 0
+        while time.monotonic() < deadline and sock.poll(100, zmq.POLLIN):
+            self._receive_one(sock)
+            drained += 1
+        logger.info(
+            "lossless stop: %d message(s) drained from the input%s",
+            drained,
+            "" if time.monotonic() < deadline else f" (stopped after {self.config.drain_s:.1f} s; more may follow)",
+        )
 
     def _receive_one(self, sock: zmq.Socket[Any]) -> None:
         start = time.perf_counter()
         parts = sock.recv_multipart(copy=False)
         item = (parts, time.perf_counter(), time.time())
-        self.telemetry.received(time.perf_counter() - start, sum(len(p) for p in parts))
+        nbytes = sum(len(p) for p in parts)
+        self.telemetry.received(time.perf_counter() - start, nbytes)
+        problem = self.budget.message_problem(nbytes)
+        if problem is not None:
+            self._reject("over_budget", problem)
+            return
         if not self.config.lossless:
-            if self._queue.put_drop_oldest(item):
-                self.telemetry.count("dropped")
+            dropped = self._queue.put_drop_oldest(item, nbytes)
+            if dropped:
+                self.telemetry.count("dropped", dropped)
                 now = time.monotonic()
                 if now - self._dropped_logged > 5.0:
                     self._dropped_logged = now
                     logger.warning(
-                        "input queue full (%d messages): dropped the oldest queued message (%d so far); frames "
-                        "arrive faster than the service can even decode them during one inference: raise --queue",
+                        "input queue full (%d messages, %s): dropped the oldest queued message (%d so far); frames "
+                        "arrive faster than the service can even decode them during one inference: raise --queue "
+                        "or --memory-budget",
                         self.config.queue_size,
+                        format_bytes(self.budget.queue_bytes),
                         self.telemetry.get("dropped"),
                     )
             return
-        if self._queue.put_wait(item, 0.0):
+        if self._queue.put_wait(item, nbytes, 0.0):
             return
         # the queue is full: stop reading (the socket buffer, then the detector's PUSH, hold the frames)
         self.telemetry.count("backpressure")
@@ -632,12 +642,13 @@ class DenoiseService:
         if now - self._backpressure_logged > 5.0:
             self._backpressure_logged = now
             logger.warning(
-                "lossless: input queue full (%d messages), reading paused: back-pressure on the detector "
+                "lossless: input queue full (%d messages or %s), reading paused: back-pressure on the detector "
                 "(episodes so far: %d)",
                 self.config.queue_size,
+                format_bytes(self.budget.queue_bytes),
                 self.telemetry.get("backpressure"),
             )
-        while not self._queue.put_wait(item, 0.1):
+        while not self._queue.put_wait(item, nbytes, 0.1):
             if self._pipeline is not None and not self._pipeline.is_alive():
                 self.telemetry.count("lost")
                 logger.error("lossless: the pipeline has stopped; received frame not processed (counted as lost)")
@@ -653,17 +664,18 @@ class DenoiseService:
             if not batch:
                 if self._stop.is_set() and self._receiver_done.is_set() and len(self._queue) == 0:
                     break
+                self._warm_up_when_idle()
                 continue
             groups = [self._handle(parts, recv, wall) for parts, recv, wall in batch]
             self._run_groups(groups, lossless)
-        # shutdown: the current run ends here (mirrored windows for its last frames)
+        # shutdown: the current run ends here (end-of-run windows for its last frames)
         if self._assembler is not None:
             self._execute(list(self._assembler.flush(time.perf_counter())))
         self._poll_subscriptions()
 
     def _run_groups(self, groups: list[list[_Action]], lossless: bool) -> None:
         """Run the actions of a batch of messages. Live mode, to keep up: only the newest window that a frame
-        completed is denoised, plus, when a run ended after it (an ``end``), that run's mirrored last frames.
+        completed is denoised, plus, when a run ended after it (an ``end``), that run's last frames.
         Every other window is skipped and counted (also the tails of runs cut short by gaps: they are old by
         now); start/end messages always go out."""
         actions = [a for group in groups for a in group]
@@ -681,15 +693,25 @@ class DenoiseService:
         start = time.perf_counter()
         try:
             if self._decoder is None:
-                msgs = [decode(parts, max_frame_bytes=self.config.max_frame_bytes, check_finite=True)]
+                msgs = [decode(parts, max_frame_bytes=self.max_frame_bytes, check_finite=True)]
             else:
                 msgs = self._decoder.decode(parts)
         except ProtocolError as exc:
-            self.telemetry.reject(exc.reason)
-            logger.warning("rejected message (%s): %s", exc.reason, exc)
+            self._reject(exc.reason, str(exc))
             return []
         self.telemetry.stage("decode", time.perf_counter() - start, count="decoded")
         return [action for msg in msgs for action in self._handle_message(msg, received, received_wall)]
+
+    def _reject(self, reason: str, message: str) -> None:
+        """A message refused at the input boundary: counted per reason, logged once per reason (then summarised)."""
+        self.telemetry.reject(reason)
+        self._input_errors.record(reason, message)
+
+    def _frame_problem(self, header: Header) -> str | None:
+        """Why frames of this header's shape do not fit the memory budget (None when they do or have no shape)."""
+        if header.shape is None or header.dtype is None or self._denoiser is None:
+            return None
+        return self.budget.frame_problem(header.shape, header.numpy_dtype.itemsize, self._denoiser.frames)
 
     def _handle_message(self, msg: Message, received: float, received_wall: float) -> list[_Action]:
         header = msg.header
@@ -698,6 +720,10 @@ class DenoiseService:
             return []
         if header.type == "frame":
             if msg.data is None:
+                return []
+            problem = self._frame_problem(header)
+            if problem is not None:
+                self._reject("over_budget", f"acquisition {header.acquisition} frame {header.index}: {problem}")
                 return []
             return self._handle_frame(FrameRecord(header, msg.data, received, received_wall))
         actions: list[_Action] = []
@@ -712,7 +738,7 @@ class DenoiseService:
                 f" ({header.shape[0]}x{header.shape[1]} {header.dtype})" if header.shape and header.dtype else "",
             )
             if header.shape is not None and header.dtype is not None:
-                self._warm_up(header.shape, header.numpy_dtype)
+                self._announce(header)
         else:
             logger.info("acquisition %s ended", header.acquisition)
         actions.append(_Event(header))
@@ -740,7 +766,7 @@ class DenoiseService:
                 self.telemetry.count("gap_frames", missing)
                 logger.warning(
                     "acquisition %s: %d frame(s) missing (%d..%d); window reset, the frames before "
-                    "the gap are finished with mirrored windows",
+                    "the gap are finished with end-of-run windows",
                     header.acquisition,
                     missing,
                     previous_last + 1,
@@ -763,13 +789,35 @@ class DenoiseService:
             actions.append(_CloseRecording(previous_acq))
         return actions
 
+    def _announce(self, header: Header) -> None:
+        """A ``start`` announced the frame size to come: warm the model up for it once the pipeline is idle (one
+        pending warm-up, the latest announced; never for a size beyond the memory budget)."""
+        if header.shape is None:
+            return
+        problem = self._frame_problem(header)
+        if problem is not None:
+            self.telemetry.count("warmups_refused")
+            self._input_errors.record("announced_over_budget", f"acquisition {header.acquisition}: {problem}")
+            return
+        self._warm_pending = (header.shape, header.numpy_dtype)
+
+    def _warm_up_when_idle(self) -> None:
+        pending, self._warm_pending = self._warm_pending, None
+        if pending is not None:
+            self._warm_up(*pending)
+
     def _warm_up(self, shape: tuple[int, int], dtype: np.dtype[Any], denoiser: DenoiserLike | None = None) -> None:
         """Run a model (default: the current one) once on a blank window of that frame size, so the first real
-        frame does not pay for the backend's first-run set-up (live mode would skip frames meanwhile)."""
+        frame does not pay for the backend's first-run set-up (live mode would skip frames meanwhile). Called
+        by the pipeline when its queue is empty, and by the model loader on the model it loaded."""
         denoiser = denoiser or self._denoiser
         key = (id(denoiser), shape, dtype.str)
         if denoiser is None or key in self._warmed:
             return
+        if self.budget.frame_problem(shape, dtype.itemsize, denoiser.frames) is not None:
+            return
+        if len(self._warmed) >= 64:  # bounded: a sender announcing ever new sizes cannot grow it
+            self._warmed.clear()
         self._warmed.add(key)
         start = time.perf_counter()
         try:
@@ -910,10 +958,11 @@ class DenoiseService:
             timeout = max(0.0, min(0.1, next_status - time.monotonic()))
             events = dict(poller.poll(int(timeout * 1e3))) if control is not None else {}
             if control is not None and control in events:
-                request = control.recv()
-                control.send(encode_json(self._answer(request)))
+                self._serve_control(control)
             if time.monotonic() >= next_status:
                 next_status += interval
+                self._input_errors.summarize()
+                self._control_errors.summarize()
                 snap = self.status()
                 logger.info("%s", format_line(snap))
                 if status is not None:
@@ -924,12 +973,27 @@ class DenoiseService:
             if control is None and status is None:
                 self._stop.wait(min(0.1, max(0.0, next_status - time.monotonic())))
 
+    def _serve_control(self, control: zmq.Socket[Any]) -> None:
+        """Answer one request on the REP socket. Every part of it is read before the reply (a REP must alternate
+        receive and send), and every request gets a reply: an error JSON when it is refused."""
+        parts = control.recv_multipart()
+        if len(parts) != 1:
+            reply = self._control_error(
+                "bad_parts", f"control request of {len(parts)} parts; send one JSON object in one part"
+            )
+        else:
+            reply = self._answer(parts[0])
+        control.send(encode_json(reply))
+
+    def _control_error(self, kind: str, message: str) -> dict[str, Any]:
+        self._control_errors.record(kind, message)
+        return {"ok": False, "error": message, "kind": kind}
+
     def _answer(self, request: bytes) -> dict[str, Any]:
         try:
             cmd_obj = parse_json_object(request, "control request")
         except ProtocolError as exc:
-            logger.warning("control: %s", exc)
-            return {"ok": False, "error": str(exc)}
+            return self._control_error(exc.reason, str(exc))
         cmd = cmd_obj.get("cmd")
         logger.log(logging.DEBUG if cmd == "status" else logging.INFO, "control command %r", cmd)
         if cmd == "status":
@@ -940,14 +1004,18 @@ class DenoiseService:
             return {"ok": True, "stopping": True}
         if cmd == "load_model":
             path = cmd_obj.get("path")
-            if not isinstance(path, str) or not path:
-                return {"ok": False, "error": 'load_model needs "path": the model file (.ckpt, .pt or .onnx)'}
+            if not isinstance(path, str) or not path or len(path) > 4096:
+                return self._control_error(
+                    "bad_field",
+                    'load_model needs "path": the model file (.ckpt, .pt or .onnx), at most 4096 characters',
+                )
             try:
                 self.load_model(path)
-            except ConfigError as exc:
-                return {"ok": False, "error": str(exc)}
+            except (ConfigError, OSError, ValueError) as exc:  # a path the OS refuses (NUL byte, too long, ...)
+                return self._control_error("load_model", str(exc))
             return {"ok": True, "loading": path}
-        return {"ok": False, "error": f'unknown cmd {cmd!r}; use "status", "load_model" or "stop"'}
+        shown = cmd[:64] if isinstance(cmd, str) else type(cmd).__name__
+        return self._control_error("unknown_cmd", f'unknown cmd {shown!r}; use "status", "load_model" or "stop"')
 
 
 def control_request(

@@ -2,10 +2,11 @@
 
 A *run* is a stretch of consecutive frames (indices i, i+1, i+2, ...) of one acquisition with one shape and dtype.
 Within a run the service reproduces offline denoising exactly: the output of center frame t is computed when
-frame t + N//2 arrives, from the window :func:`emlive.core.windows.mirrored_indices` gives for the run so far;
-the first N//2 frames use windows mirrored at the run's start, and when the run ends (an ``end`` message, a
-reset, a shutdown) its last N//2 frames are computed with windows mirrored at its end. A window never mixes two
-runs: a new acquisition id, a gap or a step back in the indices, or a change of shape or dtype ends the old run
+frame t + N//2 arrives, from the window :func:`emlive.core.windows.window_indices` gives for the run so far (the
+one definition of training, offline and live windows: at the ends the neighbours are mirrored about the center
+frame, never the center itself, and a single-frame run has empty slots, fed as zeros); when the run ends (an
+``end`` message, a reset, a shutdown) its last N//2 frames are computed at once. A window never mixes two runs:
+a new acquisition id, a gap or a step back in the indices, or a change of shape or dtype ends the old run
 (flushing it) and starts a new one.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from emlive.core.errors import ConfigError
 from emlive.core.protocol import Header
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import window_indices
 
 
 @dataclass(frozen=True)
@@ -39,26 +40,35 @@ class WindowJob:
     """One inference to run: the center frame and the window's frames in network order.
 
     ``completed`` is when the last frame the window needed arrived (``perf_counter``): the start of the
-    processing latency. ``flushed`` marks windows mirrored at the run's end.
+    processing latency. ``flushed`` marks windows completed at the run's end. An empty slot of ``frames`` is
+    None (a single-frame run, :func:`emlive.core.windows.window_indices`): it is fed to the network as zeros.
     """
 
     center: FrameRecord
-    frames: tuple[FrameRecord, ...]
+    frames: tuple[FrameRecord | None, ...]
     completed: float
     flushed: bool
     run: int = 0
 
     @property
-    def indices(self) -> list[int]:
-        return [f.index for f in self.frames]
+    def indices(self) -> list[int | None]:
+        return [None if f is None else f.index for f in self.frames]
 
     def stack(self) -> np.ndarray:
-        """The (N, H, W) window in the frames' dtype (one copy)."""
-        first = self.frames[0].data
-        out = np.empty((len(self.frames), *first.shape), dtype=first.dtype)
-        for k, rec in enumerate(self.frames):
-            out[k] = rec.data
+        """The (N, H, W) window in the frames' dtype (one copy); empty slots are zeros (z-scored to 0)."""
+        center = self.center.data
+        out = np.empty((len(self.frames), *center.shape), dtype=center.dtype)
+        _fill(out, self.frames)
         return out
+
+
+def _fill(out: np.ndarray, frames: tuple[FrameRecord | None, ...]) -> None:
+    """Copy the window's frames into ``out``; an empty slot becomes zeros (a constant frame: 0 once z-scored)."""
+    for k, rec in enumerate(frames):
+        if rec is None:
+            out[k] = 0
+        else:
+            out[k] = rec.data
 
 
 class WindowAssembler:
@@ -142,7 +152,7 @@ class WindowAssembler:
         return jobs, reason
 
     def flush(self, now: float) -> list[WindowJob]:
-        """End the current run: jobs for its remaining frames with windows mirrored at its end."""
+        """End the current run: jobs for its remaining frames, with the windows of the run's end."""
         if self._acq is None:
             return []
         jobs = [self._job(c, self._last, now, flushed=True) for c in range(self._next_center, self._last + 1)]
@@ -157,14 +167,14 @@ class WindowAssembler:
 
     def _job(self, center: int, last: int, completed: float, *, flushed: bool) -> WindowJob:
         length = last - self._first + 1
-        positions = mirrored_indices(center - self._first, self._n, length)
-        frames = tuple(self._buffer[self._first + p] for p in positions)
+        positions = window_indices(center - self._first, self._n, length)
+        frames = tuple(None if p is None else self._buffer[self._first + p] for p in positions)
         return WindowJob(self._buffer[center], frames, completed, flushed, self._run)
 
 
 def live_selection(jobs: list[WindowJob]) -> list[WindowJob]:
     """The windows live mode denoises out of a backlog (in order): the newest window a frame completed, plus the
-    mirrored tail of the run that ended after it, if one did (an acquisition's ``end``). Everything else is old
+    flushed tail of the run that ended after it, if one did (an acquisition's ``end``). Everything else is old
     by now, including the tails of runs cut short by gaps or resets before the newest window."""
     last_live = max((i for i, j in enumerate(jobs) if not j.flushed), default=-1)
     tail = [j for j in jobs[last_live + 1 :] if j.flushed]
@@ -176,11 +186,11 @@ def live_selection(jobs: list[WindowJob]) -> list[WindowJob]:
 class WindowBuffer:
     """Builds the (N, H, W) window arrays the model reads, copying each frame about twice at most.
 
-    Consecutive windows (every window except the mirrored ones at the ends of a run) are contiguous views of a
+    Consecutive windows (every window except those at the ends of a run) are contiguous views of a
     ring of 2N-1 frame slots: the window starting at frame i uses slots ``i % N`` to ``i % N + N - 1``, so each
     frame lives in slot ``i % N`` and, for the windows that wrap, in slot ``i % N + N``. A slot is written only
     when a window needs it and does not hold that frame yet, so consecutive windows (lossless mode) copy one or
-    two frames each, not N. Mirrored windows are copied into a reused scratch array.
+    two frames each, not N. The windows at the ends of a run are copied into a reused scratch array.
 
     A returned array is valid until the next call (its memory is reused): consume it before asking for another.
     """
@@ -191,26 +201,25 @@ class WindowBuffer:
         self._slots: list[tuple[int, int] | None] = []
 
     def window(self, job: WindowJob) -> np.ndarray:
-        idx = job.indices
-        n = len(idx)
-        first = job.frames[0].data
+        n = len(job.frames)
+        first = job.center.data
         if n == 1:
             return first[None]
-        if any(idx[k + 1] != idx[k] + 1 for k in range(n - 1)):
+        frames = [rec for rec in job.frames if rec is not None]
+        if len(frames) < n or any(rec.index != frames[0].index + k for k, rec in enumerate(frames)):
             scratch = self._scratch
             if scratch is None or scratch.shape != (n, *first.shape) or scratch.dtype != first.dtype:
                 scratch = self._scratch = np.empty((n, *first.shape), dtype=first.dtype)
-            for k, rec in enumerate(job.frames):
-                scratch[k] = rec.data
+            _fill(scratch, job.frames)
             return scratch
         ring = self._ring
         if ring is None or ring.shape != (2 * n - 1, *first.shape) or ring.dtype != first.dtype:
             ring = self._ring = np.empty((2 * n - 1, *first.shape), dtype=first.dtype)
             self._slots = [None] * (2 * n - 1)
-        start = idx[0] % n
-        for k, rec in enumerate(job.frames):
+        start = frames[0].index % n
+        for k, rec in enumerate(frames):
             slot = start + k
-            key = (job.run, idx[k])
+            key = (job.run, rec.index)
             if self._slots[slot] != key:
                 ring[slot] = rec.data
                 self._slots[slot] = key

@@ -18,10 +18,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, TrainingSummary, load_checkpoint, save_model
+from emlive.core.modelcard import ModelCard, NoiseModel, TrainingSummary, load_checkpoint, save_model
 from emlive.core.readers import find_movies, open_movie
-from emlive.train.config import Accelerator, Precision, TrainConfig
+from emlive.train.config import Accelerator, TrainConfig, resolve_precision
 from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_sources
+from emlive.train.estimate import estimate_config
 from emlive.train.module import DenoiserModule
 from emlive.train.patches import prepare_patches
 
@@ -50,9 +51,7 @@ class _EpochSetter(Callback):
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
-    if cfg.optim.precision is not Precision.auto:
-        return cfg.optim.precision.value
-    return Precision.fp16_mixed.value if accelerator == "gpu" else Precision.fp32.value
+    return resolve_precision(cfg.optim.precision, accelerator)
 
 
 def _accelerator(cfg: TrainConfig) -> str:
@@ -76,6 +75,18 @@ def _movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
         }
         for s in sources
     ]
+
+
+def _noise_model(source: MovieSource, cfg: TrainConfig) -> NoiseModel | None:
+    """The first training movie's noise model for the card; warns when the blind spot is smaller than it needs."""
+    from emlive.analysis.noise_stats import noise_model_for_training
+
+    return noise_model_for_training(source.movie, cfg.network.blind_spot, (source.first, source.last), source.bin)
+
+
+def _movie_bytes(source: MovieSource) -> int:
+    _, h, w = source.movie.shape
+    return (source.last - source.first) * h * w * source.movie.dtype.itemsize
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -103,6 +114,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         val_sources = []
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
+    accelerator = _accelerator(cfg)
+    estimate_config(cfg, accelerator, n_frames_total, movie_bytes=sum(_movie_bytes(s) for s in train_sources))
     train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
     loader_kw: dict[str, Any] = {
         "num_workers": cfg.optim.num_workers,
@@ -137,9 +150,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             config_name=cfg.name,
             loss=cfg.optim.loss.value,
         ),
+        noise=_noise_model(train_sources[0], cfg),
     )
     module = DenoiserModule(cfg, card)
-    accelerator = _accelerator(cfg)
     monitor = "val/loss" if val_loaders else "train/loss_epoch"
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",

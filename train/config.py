@@ -45,6 +45,13 @@ class Accelerator(str, Enum):
     gpu = "gpu"
 
 
+def resolve_precision(precision: Precision, accelerator: str) -> str:
+    """The Lightning precision a run uses on ``accelerator`` ("cpu" or "gpu"): ``auto`` is fp16 mixed on a GPU."""
+    if precision is not Precision.auto:
+        return precision.value
+    return Precision.fp16_mixed.value if accelerator == "gpu" else Precision.fp32.value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

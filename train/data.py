@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from emlive.core.errors import InputDataError
 from emlive.core.normalize import EPS
 from emlive.core.readers import Movie, find_movies, open_movie
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import window_indices
 from emlive.train.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,17 @@ class MovieSource:
         return self.movie.shape[2] // self.bin
 
     def window(self, t: int, y: int, x: int, size: int, n_frames: int) -> np.ndarray:
-        """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels)."""
+        """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels).
+
+        The window is :func:`emlive.core.windows.window_indices` within this split's frames: no neighbour slot
+        holds frame t (its noise would reach the input past the blind spot and reward copying); an empty slot
+        (a single-frame split) is zeros, the frame mean in normalised units.
+        """
         b = self.bin
-        out = np.empty((n_frames, size, size), dtype=np.float32)
-        for i, idx in enumerate(mirrored_indices(t - self.first, n_frames, self.last - self.first)):
+        out = np.zeros((n_frames, size, size), dtype=np.float32)
+        for i, idx in enumerate(window_indices(t - self.first, n_frames, self.last - self.first)):
+            if idx is None:
+                continue
             f = idx + self.first
             crop = np.asarray(self.movie.crop(f, y * b, x * b, size * b, size * b), dtype=np.float32)
             if b > 1:

@@ -20,6 +20,8 @@ still pay off over slow networks.
 
 Safety: binds to 127.0.0.1 by default. Any other host requires a random token (printed in the URL) for the page,
 the WebSocket and the save endpoint; the WebSocket also refuses other origins (cross-site WebSocket hijacking).
+On a loopback bind, a request whose ``Host`` is not a loopback name (``localhost``, ``127.0.0.1``, ``[::1]``, with
+any port) is refused with 403: a web page that rebinds its own DNS name to 127.0.0.1 cannot read the viewer.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from emlive.core.errors import ConfigError, EmliveError
+from emlive.core.protocol import ProtocolError, parse_json_object
 from emlive.viewer.render import Contrast, FramePair, pair_png, pair_tiff, render_pair
 from emlive.viewer.source import FrameSource
 
@@ -236,11 +239,9 @@ class Viewer:
 
     async def handle_message(self, client: Client, text: str) -> None:
         try:
-            msg = json.loads(text)
-        except json.JSONDecodeError:
-            await client.send_json({"type": "error", "error": "message is not JSON; the page sends JSON objects"})
-            return
-        if not isinstance(msg, dict):
+            msg = parse_json_object(text.encode("utf-8", "replace"), "viewer message")
+        except ProtocolError as exc:  # not JSON, not an object, nested too deep: answered, never raised
+            await client.send_json({"type": "error", "error": f"{exc}; the page sends flat JSON objects"})
             return
         kind = msg.get("type")
         if kind == "ack":
@@ -325,6 +326,38 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     response = web.FileResponse(STATIC / name)
     _security_headers(response)
     return response
+
+
+def is_local_host_header(host: str) -> bool:
+    """Whether an HTTP ``Host`` value names this machine by a loopback name: ``localhost``, ``127.0.0.1``,
+    ``[::1]`` (any loopback literal), with or without a port. A DNS-rebinding page sends its own name here."""
+    try:
+        parts = urlsplit(f"//{host}")
+        name, _ = parts.hostname, parts.port  # .port raises ValueError on a bad port
+    except ValueError:
+        return False
+    if not name or host.startswith("[") != (":" in name):
+        return False
+    return is_loopback_host(name)
+
+
+def _host_guard(loopback_only: bool) -> Any:
+    """Middleware: on a loopback bind, refuse requests whose ``Host`` is not a loopback name (DNS rebinding)."""
+    refused: set[str] = set()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if loopback_only and not is_local_host_header(request.host):
+            if len(refused) < 16 and request.host not in refused:
+                refused.add(request.host)
+                logger.warning("refused a request for Host %r: this viewer answers localhost only", request.host[:80])
+            raise web.HTTPForbidden(
+                text="403: this viewer serves this machine only; open it as http://127.0.0.1:PORT/ or "
+                "http://localhost:PORT/ (a page reached under another name is refused: DNS rebinding)"
+            )
+        return await handler(request)
+
+    return guard
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -415,8 +448,9 @@ async def _no_content(_request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-def make_app(viewer: Viewer) -> web.Application:
-    app = web.Application(client_max_size=_MAX_WS_MESSAGE)
+def make_app(viewer: Viewer, loopback_only: bool = False) -> web.Application:
+    """The aiohttp application; ``loopback_only`` (a loopback bind) refuses requests for other host names."""
+    app = web.Application(client_max_size=_MAX_WS_MESSAGE, middlewares=[_host_guard(loopback_only)])
     app[VIEWER_KEY] = viewer
     app.on_startup.append(viewer.startup)
     app.on_shutdown.append(viewer.shutdown)
@@ -452,6 +486,7 @@ class ViewerServer:
         if not source.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"source {source!r}: give the service's output address, e.g. tcp://127.0.0.1:5556")
         exposed = not is_loopback_host(host)
+        self.loopback_only = not exposed
         self.token = token if token is not None else (secrets.token_urlsafe(16) if exposed else None)
         self.host, self.port = host, port
         self.viewer = Viewer(source, status, max_size, self.token, stale_after_s)
@@ -493,7 +528,9 @@ class ViewerServer:
         loop.close()
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(make_app(self.viewer), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            make_app(self.viewer, self.loopback_only), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         try:

@@ -18,8 +18,9 @@ from emlive.analysis.denoise import denoise_path, denoise_to_file, parse_frames
 from emlive.core.errors import ConfigError, InputDataError, InputFileError, ModelFileError
 from emlive.core.modelcard import ModelCard, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
+from emlive.core.pixeltypes import PIXEL_TYPES, storable
 from emlive.core.readers import Movie, open_movie
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import stack_window, window_indices
 from emlive.core.writers import write_movie
 from emlive.export.runtime import Denoiser
 from emlive.export.tiling import plan_tiles
@@ -63,8 +64,7 @@ def _noisy(frames: int, shape: tuple[int, int] = (48, 40), seed: int = 0, lam: f
 
 
 def _expected(movie: np.ndarray, denoiser: Denoiser, t: int) -> np.ndarray:
-    idx = mirrored_indices(t, denoiser.frames, len(movie))
-    return denoiser.denoise_window(np.stack([movie[i] for i in idx]))
+    return denoiser.denoise_window(stack_window(movie, window_indices(t, denoiser.frames, len(movie))))
 
 
 def _read(path: Path) -> tuple[np.ndarray, float | None, np.dtype[Any]]:
@@ -88,7 +88,7 @@ def test_cli_tiff_to_tiff_keeps_pixel_size_and_equals_the_window_model(
     assert data.shape == movie.shape and dtype == np.float32
     assert pixel == pytest.approx(PIXEL_NM)
     scale = float(movie.std())
-    for t in (0, 1, 3, 5, 6):  # both mirrored ends and the middle
+    for t in (0, 1, 3, 5, 6):  # both ends and the middle
         np.testing.assert_allclose(data[t], _expected(movie, denoiser, t), rtol=0, atol=1e-4 * scale)
     # the same output again is refused without --overwrite: one line, exit code 2, no traceback
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
@@ -157,6 +157,41 @@ def test_dtype_input_rounds_and_clips(tmp_path: Path, denoiser: Denoiser) -> Non
     with pytest.raises(ConfigError, match="--dtype float32 or --format tif"):
         denoise_path(tmp_path / "u8.tif", tmp_path / "u8.mrc", denoiser, dtype="input", progress=False)
     assert not (tmp_path / "u8.mrc").exists()
+
+
+def _typical(dtype: np.dtype[Any], frames: int = 4) -> np.ndarray:
+    """A small movie in the type's typical range (negative for signed, beyond 16 bits for 32/64-bit, fractions)."""
+    counts = _noisy(frames, shape=(24, 32), seed=12).astype(np.float64)
+    if dtype.kind == "f":
+        return (counts * 0.37).astype(dtype)
+    shift = {"i1": -20, "i2": -20, "u4": 100_000, "i4": -100_000, "u8": 2**40, "i8": -(2**40)}
+    return (counts + shift.get(f"{dtype.kind}{dtype.itemsize}", 0)).astype(dtype)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(PIXEL_TYPES))
+def test_every_pixel_type_is_denoised_offline_as_by_the_runtime(tmp_path: Path, denoiser: Denoiser, name: str) -> None:
+    dtype = np.dtype(name)
+    movie = _typical(dtype)
+    src = write_movie(tmp_path / "in.tif", movie)  # TIFF stores every type as itself
+    denoise_path(src, tmp_path / "out.tif", denoiser, progress=False)
+    out, _, out_dtype = _read(tmp_path / "out.tif")
+    runtime = np.stack([f for _, f in denoiser.denoise_movie(movie)])
+    assert out_dtype == np.float32
+    np.testing.assert_array_equal(out, runtime)  # no conversion of its own: the runtime's answer, bit for bit
+    as_float32 = np.stack([f for _, f in denoiser.denoise_movie(movie.astype(np.float32))])
+    if PIXEL_TYPES[name].exact_float32:
+        np.testing.assert_array_equal(out, as_float32)
+    else:  # normalised in float64: float32 rounding apart
+        ulps = 4 * float(np.finfo(np.float32).eps) * float(np.abs(as_float32).max())
+        np.testing.assert_allclose(out, as_float32, rtol=0, atol=1e-5 * float(np.ptp(as_float32)) + ulps)
+    # --dtype input: TIFF keeps every type; MRC only those it has a mode for, else refused before any frame
+    if storable(dtype, "mrc"):
+        denoise_path(src, tmp_path / "in.mrc", denoiser, dtype="input", frames="0:1", progress=False)
+        assert _read(tmp_path / "in.mrc")[2] == dtype
+    else:
+        with pytest.raises(ConfigError, match=rf"pixel type {name}, which MRC cannot store.*--format tif"):
+            denoise_path(src, tmp_path / "in.mrc", denoiser, dtype="input", progress=False)
 
 
 def test_dm4_and_ser_become_tiff_or_mrc_with_gain(tmp_path: Path, denoiser: Denoiser) -> None:
@@ -242,8 +277,8 @@ def test_tiled_output_equals_whole_frame_far_below_the_noise(model_path: Path) -
     assert err < 1e-4 * noise_std, f"max |tiled - whole| = {err:.3g} = {err / noise_std:.3g} noise std"
 
 
-def test_short_movie_mirrors_and_frames_range(tmp_path: Path, denoiser: Denoiser) -> None:
-    movie = _noisy(2, seed=8)  # fewer frames than the model's 5: the window mirrors, that is fine
+def test_short_movie_windows_and_frames_range(tmp_path: Path, denoiser: Denoiser) -> None:
+    movie = _noisy(2, seed=8)  # fewer frames than the model's 5: the windows repeat the other frame, never the center
     src = write_movie(tmp_path / "two.tif", movie)
     report = denoise_path(src, tmp_path / "two_out.tif", denoiser, frames="-1:", progress=False)
     assert (report.movies[0].start, report.movies[0].stop) == (1, 2)

@@ -55,6 +55,26 @@ def test_simulate_writes_the_requested_movie(tmp_path: Path) -> None:
     assert config["dose"] == 7.5 and config["gain"] == 2.0
 
 
+def test_realistic_detector_and_crystal_options_reach_the_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    args = ["simulate", "-o", str(out), "--frames", "2", "--size", "32", "--dose", "20", "--gain", "8"]
+    args += ["--offset", "100", "--read-noise", "10", "--correlated", "isotropic", "--drift", "0.3"]
+    args += ["--drift-angle", "30", "--lattice-contrast", "0.8", "--lattice-spacing", "5", "--lattice-coverage", "0.8"]
+    args += ["--particle-contrast", "-0.7", "--particle-speed", "0"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = manifest["config"]
+    assert config["drift_angle"] == 30.0 and config["field_lattice_contrast"] == 0.8
+    assert config["field_lattice_spacing"] == 5.0 and config["field_lattice_coverage"] == 0.8
+    assert config["particle_contrast"] == -0.7 and config["particle_speed"] == 0.0
+    truth = manifest["truth"]
+    assert truth["gain"] == 8.0 and truth["offset"] == 100.0 and truth["read_noise"] == 10.0
+    assert 0.2 < truth["kernel_sum_of_squares"] < 0.22 and len(truth["kernel"]) == 3
+    bad = CliRunner().invoke(_app(), ["simulate", "-o", str(out), "--lattice-contrast", "1.5"])
+    assert isinstance(bad.exception, ConfigError) and "field_lattice_contrast=1.5" in str(bad.exception)
+
+
 def test_size_sets_both_sides(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["simulate", "-o", str(tmp_path), "--frames", "1", "--size", "20"])
     assert result.exit_code == 0, result.output

@@ -340,3 +340,165 @@ def test_contiguous_tiff_cut_short_reads_complete_frames(tmp_path: Path, caplog:
         assert movie.shape == (T - 1, H, W)
         np.testing.assert_array_equal(movie[:], data[:-1])
     assert "3 complete" in caplog.text
+
+
+# --- data-loader worker processes ------------------------------------------------------------------------------
+# Every reader read from torch DataLoader workers, forked and spawned, must give exactly the single-process frames.
+# Forked workers used to share the parent's open file: concurrent seeks made sound compressed TIFF pages look
+# corrupt; spawned workers could not even receive TIFF, MRC or EMD movies (open handles do not pickle).
+WORKER_T, WORKER_H, WORKER_W = 16, 96, 80
+WORKER_REPEATS = 12  # each frame read this many times by two workers at once: shared handles collide
+
+
+def _worker_stack() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.poisson(40.0, size=(WORKER_T, WORKER_H, WORKER_W)).astype(np.uint16)
+
+
+def _worker_files(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """(movie, gain reference) of every reader class, written for real."""
+    data = _worker_stack()
+    frames = folder / "frames"
+    frames.mkdir()
+    for t in range(WORKER_T):
+        tifffile.imwrite(frames / f"f{t}.tif", data[t])
+    np.save(folder / "m.npy", data)
+    gain = np.linspace(0.5, 1.5, WORKER_H * WORKER_W, dtype=np.float32).reshape(WORKER_H, WORKER_W)
+    return {
+        "tif-zlib": (_write_tif(folder / "z.tif", data, compression="zlib"), None),
+        "tif": (_write_tif(folder / "u.tif", data), None),
+        "tif-folder": (frames, None),
+        "mrc-gain": (_write_mrc(folder / "m.mrc", data), _write_mrc(folder / "gain.mrc", gain)),
+        "dm4": (formats.write_dm(folder / "m.dm4", data, PIXEL_NM, version=4), None),
+        "ser": (formats.write_ser(folder / "m_1.ser", data, PIXEL_NM * 1e-9), None),
+        "emd-berkeley": (_write_berkeley(folder / "b.emd", data), None),
+        "emd-velox": (formats.write_velox(folder / "v.emd", data, PIXEL_NM * 1e-9), None),
+        "npy": (folder / "m.npy", None),
+    }
+
+
+@pytest.fixture(scope="module")
+def worker_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path | None]]:
+    return _worker_files(tmp_path_factory.mktemp("workers"))
+
+
+def _read_in_workers(movies: list[Movie], context: str, repeats: int) -> list[np.ndarray]:
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    dataset = ConcatDataset([movie for movie in movies for _ in range(repeats)])
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        collate_fn=np.ascontiguousarray,  # frames as they are (SER frames are flipped views), sent back pickled
+        num_workers=2,
+        multiprocessing_context=context,
+        timeout=120,
+    )
+    return list(loader)
+
+
+def _file_reader_classes() -> set[type[Movie]]:
+    """Every concrete reader of emlive.core.readers that open_movie returns for a file or folder."""
+    found: set[type[Movie]] = set()
+    todo = list(Movie.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__ == Movie.__module__ and cls.__name__.startswith("_") and cls.__name__ != "_MappedMovie":
+            found.add(cls)
+    assert len(found) >= 7, found  # TIFF, TIFF folder, MRC, DM, SER, EMD, npy
+    return found
+
+
+def _single_process_frames(movie: Movie) -> list[np.ndarray]:
+    return [np.array(movie.frame(t)) for t in range(len(movie))]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "fmt", ["tif-zlib", "tif", "tif-folder", "mrc-gain", "dm4", "ser", "emd-berkeley", "emd-velox", "npy"]
+)
+def test_forked_loader_workers_read_what_one_process_reads(
+    worker_files: dict[str, tuple[Path, Path | None]], fmt: str
+) -> None:
+    path, gain = worker_files[fmt]
+    with open_movie(path, gain=gain) as movie:
+        expected = _single_process_frames(movie)  # the parent has opened and used its handles before the fork
+        got = _read_in_workers([movie], "fork", WORKER_REPEATS)
+        np.testing.assert_array_equal(movie.frame(3), expected[3])  # the parent's handles still work after
+    assert len(got) == WORKER_T * WORKER_REPEATS
+    for k, frame in enumerate(got):
+        np.testing.assert_array_equal(frame, expected[k % WORKER_T], err_msg=f"{fmt}: item {k}")
+    if gain is not None:
+        assert got[0].dtype == np.float32
+
+
+@pytest.mark.timeout(180)
+def test_spawned_loader_workers_read_what_one_process_reads(
+    worker_files: dict[str, tuple[Path, Path | None]],
+) -> None:
+    names = sorted(worker_files)
+    movies = [open_movie(path, gain=gain) for path, gain in (worker_files[n] for n in names)]
+    readers = {type(m) for m in movies}
+    assert readers >= _file_reader_classes(), "a reader class is missing from the worker tests: add its format"
+    try:
+        expected = [frame for movie in movies for frame in _single_process_frames(movie)]
+        got = _read_in_workers(movies, "spawn", 1)
+    finally:
+        for movie in movies:
+            movie.close()
+    assert len(got) == len(expected)
+    for k, (frame, want) in enumerate(zip(got, expected, strict=True)):
+        np.testing.assert_array_equal(frame, want, err_msg=f"{names[k // WORKER_T]}: frame {k % WORKER_T}")
+
+
+def test_pickled_movie_leaves_handles_behind_and_reopens(worker_files: dict[str, tuple[Path, Path | None]]) -> None:
+    import pickle
+
+    path, _ = worker_files["mrc-gain"]
+    with open_movie(path) as movie:
+        blob = pickle.dumps(movie)
+        assert len(blob) < movie.shape[1] * movie.shape[2]  # not the frames: a few hundred bytes of state
+        copy = pickle.loads(blob)
+        np.testing.assert_array_equal(copy.frame(5), movie.frame(5))
+        copy.close()
+
+
+def test_a_disturbed_handle_is_reopened_not_reported_corrupt(
+    worker_files: dict[str, tuple[Path, Path | None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, _ = worker_files["tif-zlib"]
+    with open_movie(path) as movie:
+        want = np.array(movie.frame(2))
+        movie._close()  # the handle goes away under the reader (as when another process moves a shared one)
+        with caplog.at_level(logging.WARNING):
+            np.testing.assert_array_equal(movie.frame(2), want)
+    assert "file handles opened afresh" in caplog.text and "the file is sound" in caplog.text
+    assert "corrupt" not in caplog.text
+
+
+def test_a_damaged_page_is_named_only_after_a_fresh_handle_fails_too(tmp_path: Path) -> None:
+    data = _worker_stack()[:4]
+    path = _write_tif(tmp_path / "z.tif", data, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = int(tif.pages[2].dataoffsets[0])
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * 32)  # break page 2's zlib stream
+    with open_movie(path) as movie:
+        np.testing.assert_array_equal(movie.frame(1), data[1])
+        with pytest.raises(InputFileError, match=r"TIFF page 2 could not be decoded.*afresh.*damaged at frame 2"):
+            movie.frame(2)
+        np.testing.assert_array_equal(movie.frame(3), data[3])
+
+
+def test_a_file_changed_under_a_pickled_movie_is_named(tmp_path: Path) -> None:
+    import pickle
+
+    path = _write_mrc(tmp_path / "m.mrc", _stack())
+    with open_movie(path) as movie:
+        blob = pickle.dumps(movie)
+    _write_mrc(path, _stack()[:2])
+    copy = pickle.loads(blob)
+    with pytest.raises(InputFileError, match=r"changed after it was opened.*\(4, 32, 48\).*\(2, 32, 48\)"):
+        copy.frame(0)

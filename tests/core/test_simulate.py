@@ -19,6 +19,7 @@ from emlive.core.simulate import (
     OutputFormat,
     SimulationConfig,
     SyntheticMovie,
+    detector_truth,
     load_simulation_config,
     make_config,
     simulate_movie,
@@ -153,6 +154,52 @@ def test_correlated_noise(kind: str, along_x: bool, along_y: bool) -> None:
         assert kernel is not None and kernel.sum() == pytest.approx(1.0)
         uncorrelated = simulate_movie(config.model_copy(update={"correlated_noise": CorrelatedNoise.NONE}))[1]
         assert clean.mean() == pytest.approx(uncorrelated.mean(), rel=1e-3)  # the kernel keeps the mean
+
+
+def test_field_lattice_covers_the_field_at_its_period() -> None:
+    config = _config(height=128, width=128, n_particles=0, background_strength=0.0, drift=0.0,
+                     field_lattice_contrast=0.6, field_lattice_spacing=5.0, field_lattice_coverage=0.6)  # fmt: skip
+    image = SyntheticMovie(config).intensity(0).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft2(image - image.mean()))
+    fy, fx = np.unravel_index(int(np.argmax(spectrum)), spectrum.shape)
+    freq = np.hypot(np.fft.fftfreq(128)[fy], np.fft.rfftfreq(128)[fx])
+    assert freq == pytest.approx(1 / 5.0, abs=1 / 128)  # the strongest structure is the 5 px lattice
+    from scipy.ndimage import uniform_filter
+
+    local_range = uniform_filter(np.abs(image - 1.0), 9)
+    covered = float((local_range > 0.1).mean())
+    assert 0.45 < covered < 0.75  # about the requested 60 % of the field holds fringes
+    plain = SyntheticMovie(config.model_copy(update={"field_lattice_contrast": 0.0})).intensity(0)
+    np.testing.assert_allclose(plain, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("angle", "axis"), [(0.0, 1), (90.0, 0)])
+def test_drift_moves_film_crystal_and_particles_along_its_angle(angle: float, axis: int) -> None:
+    config = _config(height=64, width=64, drift=1.0, drift_angle=angle, particle_speed=0.0, rotation=0.0,
+                     growth=0.0, field_lattice_contrast=0.5, field_lattice_coverage=0.7)  # fmt: skip
+    movie = SyntheticMovie(config)
+    first, second = movie.intensity(0), movie.intensity(1)
+    if axis == 1:  # one pixel along +x per frame: frame 1 is frame 0 moved right by one pixel
+        np.testing.assert_allclose(second[8:-8, 9:-8], first[8:-8, 8:-9], atol=2e-4)
+    else:
+        np.testing.assert_allclose(second[9:-8, 8:-8], first[8:-9, 8:-8], atol=2e-4)
+
+
+def test_config_rules_of_the_crystal_and_drift() -> None:
+    for field, value in [("field_lattice_contrast", 0.95), ("field_lattice_spacing", 1.5),
+                         ("field_lattice_coverage", 0.0), ("drift_angle", 400.0)]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"{field}={value}"):
+            make_config(**{field: value})
+
+
+def test_manifest_records_the_detector_truth(tmp_path: Path) -> None:
+    config = _config(gain=8.0, offset=100.0, read_noise=10.0, correlated_noise="isotropic")
+    truth = json.loads(write_simulation(config, tmp_path).manifest.read_text())["truth"]
+    assert truth == detector_truth(config)
+    kernel = np.asarray(truth["kernel"])
+    assert truth["gain"] == 8.0 and truth["offset"] == 100.0 and truth["read_noise"] == 10.0
+    assert truth["kernel_sum_of_squares"] == pytest.approx(float((kernel**2).sum()))
+    assert detector_truth(_config())["kernel_sum_of_squares"] == 1.0  # independent pixels
 
 
 def test_hot_pixels_are_fixed_and_absent_from_the_truth() -> None:

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 
 from emlive.core.errors import InputDataError, InputFileError
+from emlive.core.pixeltypes import PIXEL_TYPES, storage_dtype
 from emlive.core.readers import open_movie
 from emlive.core.writers import MovieWriter, coerce_frame, open_writer, write_movie
 
@@ -139,6 +140,30 @@ def test_tiff_crash_inside_an_append_reads_the_complete_pages(tmp_path: Path) ->
     path.write_bytes(path.read_bytes()[:cut])  # the 4th page's data cut short
     with open_movie(path) as movie:
         np.testing.assert_array_equal(movie[:], data[:3])
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("name", list(PIXEL_TYPES))
+def test_every_pixel_type_is_stored_losslessly_where_the_policy_says(tmp_path: Path, name: str, suffix: str) -> None:
+    dtype = np.dtype(name)
+    rng = np.random.default_rng(3)
+    if dtype.kind == "f":
+        data = (rng.standard_normal((2, H, W)) * 1e3).astype(dtype)
+        data[0, 0, :2] = np.finfo(dtype).max, np.finfo(dtype).tiny
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, size=(2, H, W), dtype=dtype, endpoint=True)
+        data[0, 0, :2] = info.min, info.max
+    stored = storage_dtype(dtype, suffix)
+    if stored is None:  # MRC has no mode for it: the writer refuses, naming TIFF
+        with pytest.raises(InputDataError, match=rf"{name} cannot be written to MRC.*TIFF"):
+            write_movie(tmp_path / f"m{suffix}", data)
+        return
+    path = write_movie(tmp_path / f"m{suffix}", data.astype(dtype.newbyteorder("S")), dtype=stored)
+    with open_movie(path) as movie:
+        assert movie.dtype == stored
+        np.testing.assert_array_equal(movie[:].astype(dtype), data)
 
 
 def test_float_to_integer_rounds_half_to_even_and_clips() -> None:

@@ -22,8 +22,9 @@ import zmq
 
 from emlive.core.modelcard import ModelCard, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
+from emlive.core.processes import ChildProcesses
 from emlive.core.protocol import Header, decode
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import stack_window, window_indices
 from emlive.stream.service import DenoiseService
 
 
@@ -81,9 +82,11 @@ def make_movie() -> Callable[..., np.ndarray]:
 
 
 def offline(denoiser: Any, frames: np.ndarray) -> np.ndarray:
-    """Offline denoising of a whole movie: ``denoise_window`` over ``mirrored_indices`` windows."""
+    """Offline denoising of a whole movie: ``denoise_window`` over ``window_indices`` windows."""
     n, length = denoiser.frames, len(frames)
-    return np.stack([denoiser.denoise_window(frames[mirrored_indices(t, n, length)]) for t in range(length)])
+    return np.stack(
+        [denoiser.denoise_window(stack_window(frames, window_indices(t, n, length))) for t in range(length)]
+    )
 
 
 @pytest.fixture
@@ -205,14 +208,12 @@ class Proc:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def start_emlive(args: list[str], log_path: Path, timeout: float = 60.0) -> Proc:
-    """Start ``emlive ARGS`` (stderr to ``log_path``) and wait for its ready line on stdout."""
+def start_emlive(children: ChildProcesses, args: list[str], log_path: Path, timeout: float = 60.0) -> Proc:
+    """Start ``emlive ARGS`` as one of ``children`` (stderr to ``log_path``) and wait for its ready line on stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = log_path.open("w", encoding="utf-8")
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "emlive", *args], stdout=subprocess.PIPE, stderr=log, text=True, env=env
-    )
-    log.close()
+    with log_path.open("w", encoding="utf-8") as log:
+        cmd = [sys.executable, "-m", "emlive", *args]
+        popen = children.start(args[0], cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     assert popen.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(popen.stdout, selectors.EVENT_READ)
@@ -232,20 +233,9 @@ def start_emlive(args: list[str], log_path: Path, timeout: float = 60.0) -> Proc
 
 @pytest.fixture
 def emlive_proc() -> Iterator[Callable[[list[str], Path], Proc]]:
-    procs: list[Proc] = []
-
-    def start(args: list[str], log_path: Path) -> Proc:
-        proc = start_emlive(args, log_path)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait()
-        if proc.popen.stdout is not None:
-            proc.popen.stdout.close()
+    """Starts ``emlive`` subprocesses, stopped at teardown (SIGTERM, then SIGKILL after 10 s) and if the tests die."""
+    with ChildProcesses("test") as children:
+        yield lambda args, log_path: start_emlive(children, args, log_path)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ cbor2 = pytest.importorskip("cbor2", reason="DECTRIS stream v2 needs the dectris
 lz4_block = pytest.importorskip("lz4.block", reason="DECTRIS input needs the dectris extra (lz4)")
 
 from emlive.core.protocol import ProtocolError  # noqa: E402
+from emlive.core.readers import open_movie  # noqa: E402
 from emlive.stream.dectris import DectrisDecoder, _tag_hook  # noqa: E402
 from emlive.stream.service import DenoiseService, ServiceConfig  # noqa: E402
 
@@ -379,7 +380,8 @@ def test_service_series_change_resets_window_and_drops_stale_frames(
     for m in den:  # every window holds frames of its own series only
         assert set(m.header.extra["window"]) <= set(range(6))
     assert den[6].header.extra["window"] == [2, 1, 0, 1, 2]  # series 2 starts a fresh window
-    assert den[5].header.extra["window"] == [3, 4, 5, 4, 3]  # series 1 finished with mirrored ends
+    assert den[5].header.extra["window"] == [3, 4, 5, 4, 3]  # series 1 finished with the windows of its end
+    assert den[4].header.extra["window"] == [2, 3, 4, 5, 2]  # never the center frame twice
 
 
 @pytest.mark.timeout(30)
@@ -516,3 +518,68 @@ def test_simulator_series_denoised_by_the_shipped_model_beats_the_raw_frames(
     for m in den:
         i = m.header.index
         assert psnr_paper(clean[i], m.data) > psnr_paper(clean[i], noisy[i])
+
+
+# --- 32-bit images end to end --------------------------------------------------------------------------------------
+def v1_series32(frames: np.ndarray, series: int) -> list[list[bytes]]:
+    """A series from a detector in its 32-bit mode: ``bit_depth_image`` 32, uint32 images, bitshuffle-LZ4 of 32-bit
+    elements (``bs32-lz4<``), header and configuration in one message."""
+    dheader, config = v1_header(series, frames.shape[1:], frames=len(frames))
+    cfg = {**json.loads(config), "bit_depth_image": 32}
+    h, w = frames.shape[1:]
+    images = []
+    for i, frame in enumerate(frames):
+        le = np.ascontiguousarray(frame, "<u4")
+        parts = v1_image(le, series, i, encoding="bs32-lz4<", blob=v1_blob(le))
+        parts[1] = json.dumps(
+            {"htype": "dimage_d-1.0", "shape": [w, h], "type": "uint32", "encoding": "bs32-lz4<"}
+        ).encode()
+        images.append(parts)
+    return [[dheader, json.dumps(cfg).encode()], *images, v1_end(series)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("via", ["push", pytest.param("simulator", marks=needs_sim)])
+def test_32bit_series_is_decoded_denoised_published_and_recorded_losslessly(
+    via: str,
+    denoiser: Any,
+    dectris_service: Collect,
+    subscribe: Collect,
+    push: Any,
+    tmp_path: Path,
+) -> None:
+    frames = (_movie(8).astype(np.uint32) + np.uint32(2**24 + 3)).astype(np.uint32)  # beyond 16 bits and float32
+    messages = v1_series32(frames, 32)
+    sock, endpoint = push
+    sim = None
+    if via == "simulator":  # the real DECTRIS simulator replays the series from a dump file
+        dump = write_zmqdump(tmp_path / "series32.dump", messages)
+        sim = libertem_dectris.DectrisSim("tcp://127.0.0.1", str(dump), None, True)
+        endpoint = sim.get_uri()
+    svc = dectris_service(
+        denoiser, input=endpoint, input_format="dectris-v1", publish_raw=True, record=tmp_path / "rec.mrc",
+        record_what="both",
+    )  # fmt: skip
+    sub = subscribe(svc.endpoints["output"])
+    assert svc.wait_for_subscribers(1, 10)
+    sender = None if sim is None else _run_sim(sim)
+    if sender is None:
+        _send(sock, messages)
+    out = sub.collect(_until_end_of("32"), timeout=40)
+    if sender is not None:
+        sender.join(10)
+    assert out[0].header.type == "start" and out[0].header.dtype == "uint32"
+    den, raw = _frames(out), _frames(out, "raw")
+    assert [m.header.index for m in den] == list(range(len(frames)))
+    np.testing.assert_array_equal(np.stack([m.data for m in raw]), frames)  # decoded exactly, still uint32
+    assert all(m.data.dtype == np.uint32 for m in raw)
+    offline = np.stack([f for _, f in denoiser.denoise_movie(frames)])
+    np.testing.assert_array_equal(np.stack([m.data for m in den]), offline)  # live == offline, bit for bit
+    svc.stop()
+    counters = svc.status()["counters"]
+    assert counters.get("infer_errors", 0) == 0 and counters.get("rejected", 0) == 0
+    assert not (tmp_path / "rec-32-raw.mrc").exists()  # MRC cannot hold every uint32: the raw record is TIFF
+    with open_movie(tmp_path / "rec-32-raw.tif") as rec_raw, open_movie(tmp_path / "rec-32-denoised.mrc") as rec_den:
+        assert rec_raw.dtype == np.uint32
+        np.testing.assert_array_equal(rec_raw[:], frames)
+        np.testing.assert_array_equal(rec_den[:], offline)

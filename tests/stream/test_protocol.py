@@ -26,7 +26,9 @@ from emlive.core.protocol import (
     encode_frame,
     event_header,
     frame_header,
+    json_depth,
     open_socket,
+    parse_json_object,
     recv_parts,
     send_parts,
 )
@@ -94,7 +96,18 @@ BAD_MESSAGES: list[tuple[str, list[bytes], str]] = [
     ("missing acquisition", _good(acquisition=_MISSING), "missing_field"),
     ("empty acquisition", _good(acquisition=""), "bad_field"),
     ("bool index", _good(index=True), "bad_field"),
-    ("negative index", _good(index=-1), "bad_field"),
+    ("negative index", _good(index=-1), "bad_index"),
+    ("index beyond 2^53", _good(index=2**53), "bad_index"),
+    ("index beyond int64", _good(index=2**70), "bad_index"),
+    ("4000-digit index", [_good()[0].replace(b'"index": 7', b'"index": ' + b"9" * 4000), _good()[1]], "bad_index"),
+    ("100000-digit index", [_good()[0].replace(b'"index": 7', b'"index": ' + b"9" * 60000), _good()[1]], "bad_json"),
+    (
+        "timestamp overflowing to inf",
+        [_good()[0].replace(b'"timestamp": 1.5', b'"timestamp": 1e400'), _good()[1]],
+        "bad_field",
+    ),
+    ("nested 20000 deep", [b'{"x": ' + b"[" * 20000 + b"]" * 20000 + b"}", b""], "too_deep"),
+    ("nested 33 deep in an extra key", _good(x=json.loads("[" * 32 + "]" * 32)), "too_deep"),
     ("string timestamp", _good(timestamp="now"), "bad_field"),
     ("unknown dtype", _good(dtype="uint12"), "unknown_dtype"),
     ("numpy dtype string", _good(dtype="<u2"), "unknown_dtype"),
@@ -130,6 +143,20 @@ def test_nan_and_inf_frames_are_refused(dtype: str, bad: float) -> None:
     with pytest.raises(ProtocolError, match="NaN or inf") as info:
         decode([frame_header(arr, "A", 0).to_bytes(), arr.tobytes()])
     assert info.value.reason == "not_finite"
+
+
+def test_nesting_is_measured_without_recursion_and_brackets_in_strings_do_not_count() -> None:
+    assert json_depth('{"a": [[1]], "b": "[[[[[[", "c": "\\"[["}') == 3
+    assert json_depth("[" * 100000) == 100000  # a scan, no recursion
+    ok = _good(x=json.loads("[" * 31 + "]" * 31), note="[" * 500)  # 32 levels with the header object: accepted
+    assert decode(ok).header.extra["note"] == "[" * 500
+    with pytest.raises(ProtocolError) as info:
+        parse_json_object(b'{"cmd": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001, "control request")
+    assert info.value.reason == "too_deep" and "control request" in str(info.value)
+
+
+def test_the_largest_index_is_accepted() -> None:
+    assert decode(_good(index=2**53 - 1)).header.index == 2**53 - 1
 
 
 def test_frame_size_limit() -> None:

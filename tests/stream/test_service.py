@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import re
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,17 +98,50 @@ def test_live_output_equals_offline_output(
     np.testing.assert_array_equal(live, ref)
     np.testing.assert_array_equal(np.stack([m.data for m in raw]), movie)
     assert [m.header.index for m in raw] == list(range(len(movie)))
-    assert [m.header.extra["window"] for m in den][:2] == [[2, 1, 0, 1, 2], [1, 0, 1, 2, 3]]
-    assert den[-1].header.extra["window"] == [7, 8, 9, 8, 7]
+    assert [m.header.extra["window"] for m in den][:2] == [[2, 1, 0, 1, 2], [3, 0, 1, 2, 3]]
+    assert [m.header.extra["window"] for m in den][-2:] == [[6, 7, 8, 9, 6], [7, 8, 9, 8, 7]]
     first = den[0].header
     assert (first.acquisition, first.dtype, first.shape) == ("same", "float32", movie.shape[1:])
     assert first.extra["model"] == "tiny-5" and first.extra["backend"] == denoiser.backend
     assert {"latency_ms", "age_ms", "infer_ms", "received_at", "published_at", "seq"} <= set(first.extra)
     assert msgs[0].header.type == "start" and msgs[-1].header.type == "end"
-    assert msgs[-2].header.index == len(movie) - 1  # end goes out after the flushed, mirrored last frames
+    assert msgs[-2].header.index == len(movie) - 1  # end goes out after the flushed last frames
     counters = svc.status()["counters"]
     assert counters["denoised"] == counters["published"] == len(movie)
     assert counters.get("skipped", 0) == counters.get("dropped", 0) == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("length", [1, 2, 3, 4])
+def test_short_runs_live_equal_offline_and_never_feed_the_center_twice(
+    length: int,
+    denoiser: Any,
+    make_movie: Collect,
+    service: Collect,
+    subscribe: Collect,
+    offline_ref: Collect,
+    zctx: zmq.Context[Any],
+    until_end: Any,
+) -> None:
+    frames = make_movie(length, seed=10 + length)
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        svc = service(denoiser, input=bind(push, LOCAL), input_mode="pull", lossless=True)
+        sub = subscribe(svc.endpoints["output"])
+        assert svc.wait_for_subscribers(1, 10)
+        for i, frame in enumerate(frames):
+            push.send_multipart(encode_frame(frame, "short", i), copy=False)
+        push.send_multipart(encode(event_header("end", "short")))
+        den = _frames(sub.collect(until_end))
+    finally:
+        push.close()
+    assert [m.header.index for m in den] == list(range(length))
+    np.testing.assert_array_equal(np.stack([m.data for m in den]), offline_ref(denoiser, frames))
+    for m in den:
+        window = m.header.extra["window"]
+        assert window[2] == m.header.index and m.header.index not in window[:2] + window[3:], window
+        assert (None in window) == (length == 1), window  # a single frame: empty slots (zeros), never itself
 
 
 @pytest.mark.timeout(60)
@@ -134,8 +170,12 @@ def test_live_mode_under_overload_skips_but_stays_live_and_exact(
     c = snap["counters"]
     assert c["skipped"] > 0
     assert c["denoised"] + c["skipped"] == len(frames)  # every frame is either denoised or counted as skipped
+    # docs/protocol.md: a skip shows as a jump in index; seq numbers the published frames without gaps
+    seqs = [m.header.extra["seq"] for m in den]
+    assert seqs == list(range(seqs[0], seqs[0] + len(den)))
+    assert any(b.header.index - a.header.index > 1 for a, b in itertools.pairwise(den))
     assert c.get("dropped", 0) == 0
-    # bounded latency: about one inference (plus the few mirrored ones at the end), not the growing backlog
+    # bounded latency: about one inference (plus the few flushed ones at the end), not the growing backlog
     assert snap["latency"]["processing"]["p99_ms"] < 400
     assert snap["stages"]["infer"]["count"] == c["denoised"]
 
@@ -308,7 +348,7 @@ def test_lossless_records_every_frame_with_back_pressure(
 
 
 @pytest.mark.timeout(60)
-def test_stop_flushes_the_window_with_mirrored_ends(
+def test_stop_flushes_the_window_with_leak_free_ends(
     denoiser: Any,
     movie: np.ndarray,
     service: Collect,
@@ -325,11 +365,11 @@ def test_stop_flushes_the_window_with_mirrored_ends(
         for i in range(5):  # no end message: the last two frames wait for more
             push.send_multipart(encode_frame(movie[i], "open", i), copy=False)
         got = _frames(sub.collect(_until_n_denoised(3)))
-        svc.stop()  # shutdown ends the run: frames 3 and 4 come out with windows mirrored at the end
+        svc.stop()  # shutdown ends the run: frames 3 and 4 come out with the windows of the run's end
         got += _frames(sub.collect(_until_n_denoised(2)))
     finally:
         push.close()
-    assert [m.header.extra["window"] for m in got][-2:] == [[1, 2, 3, 4, 3], [2, 3, 4, 3, 2]]
+    assert [m.header.extra["window"] for m in got][-2:] == [[1, 2, 3, 4, 1], [2, 3, 4, 3, 2]]
     np.testing.assert_allclose(np.stack([m.data for m in got]), offline_ref(denoiser, movie[:5]), rtol=1e-6, atol=1e-6)
 
 
@@ -446,3 +486,99 @@ def test_an_unexpected_worker_error_reaches_the_main_thread(
     assert svc.stopping
     with open_movie(tmp_path / "boom-boom-raw.mrc") as rec:  # the recording was closed properly
         assert len(rec) >= 2
+
+
+@pytest.mark.timeout(120)
+def test_a_lossless_stop_records_every_frame_it_received(
+    model_path: Path, emlive_proc: Callable[..., Any], zctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    """SIGTERM while 300 frames are still on their way: the service drains what the input holds, and what it
+    reports having received is what it recorded (it used to record 267 of 300)."""
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDHWM, 1000)
+    try:
+        serve = emlive_proc(
+            ["serve", "--model", str(model_path), "--input", bind(push, LOCAL), "--input-mode", "pull",
+             "--lossless", "--output", LOCAL, "--threads", "1", "--queue", "4", "--hwm", "4", "--drain", "20",
+             "--record", str(tmp_path / "rec.tif")],
+            tmp_path / "serve.log",
+        )  # fmt: skip
+        frames = np.random.default_rng(5).poisson(40, (300, 64, 64)).astype(np.uint16)
+        for i, frame in enumerate(frames):
+            assert push.poll(20000, zmq.POLLOUT), "the service never connected"
+            push.send_multipart(encode_frame(frame, "term", i), copy=False)
+        serve.popen.send_signal(signal.SIGTERM)  # most of the 300 are still in the sockets' buffers
+        assert serve.popen.wait(60) == 0, serve.log()
+    finally:
+        push.close()
+    log = serve.log()
+    stopped = re.search(r"stopped\..* received (\d+), denoised (\d+)", log)
+    assert stopped is not None, log
+    received, denoised = int(stopped.group(1)), int(stopped.group(2))
+    index = [
+        json.loads(line)["index"] for line in (tmp_path / "rec-term-raw.tif.frames.jsonl").read_text().splitlines()
+    ]
+    assert index == list(range(received)) and denoised == received
+    assert received == len(frames), log  # all were in ZeroMQ's hands: the drain took them
+    with open_movie(tmp_path / "rec-term-raw.tif") as rec:
+        np.testing.assert_array_equal(rec[:], frames)
+
+
+@pytest.mark.timeout(60)
+def test_the_input_queue_is_bounded_in_bytes_and_oversized_frames_are_refused(
+    denoiser: Any, slow: Any, service: Collect, subscribe: Collect, zctx: zmq.Context[Any]
+) -> None:
+    budget = 16 << 20  # input queue 4 MiB; a 1024x1024 uint16 frame is 2 MiB, its window does not fit 8 MiB
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        svc = service(
+            slow(denoiser, 0.02), input=bind(push, LOCAL), input_mode="pull", memory_budget=budget, queue_size=1000
+        )
+        sub = subscribe(svc.endpoints["output"])
+        assert svc.wait_for_subscribers(1, 10)
+        big = np.zeros((1024, 1024), np.uint16)
+        frame = np.zeros((256, 256), np.uint16)  # 128 KiB: 32 fill the 4 MiB queue
+        push.send_multipart(encode_frame(big, "big", 0), copy=False)
+        for i in range(200):
+            push.send_multipart(encode_frame(frame, "small", i), copy=False)
+            assert svc.status()["memory"]["input_queue_bytes"] <= budget // 4
+        push.send_multipart(encode(event_header("end", "small")))
+        sub.collect(lambda m: m.header.type == "end")
+    finally:
+        push.close()
+    snap = svc.status()
+    assert snap["rejected"] == {"over_budget": 1}  # the big frame: its window would not fit the budget
+    assert snap["counters"]["dropped"] > 0  # live mode: the byte bound dropped the oldest, not 1000 messages
+    assert not svc.stopping
+
+
+@pytest.mark.timeout(60)
+def test_announced_shapes_are_warmed_once_when_idle_and_never_beyond_the_budget(
+    denoiser: Any, service: Collect, subscribe: Collect, zctx: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="emlive.stream.service")
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        svc = service(denoiser, input=bind(push, LOCAL), input_mode="pull", lossless=True, memory_budget=64 << 20)
+        sub = subscribe(svc.endpoints["output"])
+        assert svc.wait_for_subscribers(1, 10)
+        for k in range(3):  # three starts announcing 2048x2048: each refused at once (no 4 s stall, no 3.9 GB)
+            push.send_multipart(encode(event_header("start", f"huge-{k}", shape=(2048, 2048), dtype="uint16")))
+        for k in range(3):  # three announcing a small size: one warm-up
+            push.send_multipart(encode(event_header("start", f"small-{k}", shape=(48, 40), dtype="uint16")))
+        sub.collect(lambda m: m.header.acquisition == "small-2")
+        frame = np.zeros((48, 40), np.uint16)
+        for i in range(6):
+            push.send_multipart(encode_frame(frame, "small-2", i), copy=False)
+        push.send_multipart(encode(event_header("end", "small-2")))
+        got = sub.collect(lambda m: m.header.type == "end")
+    finally:
+        push.close()
+    assert len([m for m in got if m.header.type == "frame"]) == 6
+    assert svc.status()["counters"]["warmups_refused"] == 3
+    warmed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model warmed up")]
+    assert len(warmed) <= 1 and all("48x40" in line for line in warmed)
+    assert not any("2048x2048" in line for line in warmed)

@@ -1,4 +1,4 @@
-"""The rolling window: emission timing, mirrored ends, resets, bounded memory; equal to offline windows."""
+"""The rolling window: emission timing, leak-free ends, resets, bounded memory; equal to offline windows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from emlive.core.errors import ConfigError
 from emlive.core.protocol import frame_header
-from emlive.core.windows import mirrored_indices
+from emlive.core.windows import window_indices
 from emlive.stream.window import FrameRecord, WindowAssembler, WindowBuffer, WindowJob, live_selection
 
 pytestmark = pytest.mark.timeout(30)
@@ -20,7 +20,7 @@ def rec(index: int, acq: str = "A", shape: tuple[int, int] = (4, 5), dtype: str 
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7, 9])
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 6, 11])
-def test_run_windows_equal_offline_mirrored_windows(n: int, length: int) -> None:
+def test_run_windows_equal_offline_windows(n: int, length: int) -> None:
     asm = WindowAssembler(n)
     jobs: list[WindowJob] = []
     for i in range(length):
@@ -35,21 +35,25 @@ def test_run_windows_equal_offline_mirrored_windows(n: int, length: int) -> None
     jobs += tail
     assert [j.center.index for j in jobs] == list(range(length))
     for j in jobs:
-        assert j.indices == mirrored_indices(j.center.index, n, length)
-        np.testing.assert_array_equal(j.stack()[:, 0, 0], j.indices)
+        assert j.indices == window_indices(j.center.index, n, length)
+        # an empty slot (a single-frame run) stacks as zeros; no neighbour slot holds the center frame
+        expected = [0 if i is None else i for i in j.indices]
+        np.testing.assert_array_equal(j.stack()[:, 0, 0], expected)
+        np.testing.assert_array_equal(WindowBuffer().window(j)[:, 0, 0], expected)
+        assert j.center.index not in j.indices[: n // 2] + j.indices[n // 2 + 1 :]
     assert asm.acquisition is None
 
 
-def test_first_frames_use_windows_mirrored_at_the_start() -> None:
+def test_first_frames_use_windows_mirrored_about_the_center() -> None:
     asm = WindowAssembler(5)
     out = [asm.push(rec(i))[0] for i in range(4)]
-    assert [[j.indices for j in o] for o in out] == [[], [], [[2, 1, 0, 1, 2]], [[1, 0, 1, 2, 3]]]
+    assert [[j.indices for j in o] for o in out] == [[], [], [[2, 1, 0, 1, 2]], [[3, 0, 1, 2, 3]]]
 
 
 def test_runs_may_start_at_any_index() -> None:
     asm = WindowAssembler(5)
     jobs = [j for i in range(10, 16) for j in asm.push(rec(i))[0]] + asm.flush(0.0)
-    assert [j.indices for j in jobs][:2] == [[12, 11, 10, 11, 12], [11, 10, 11, 12, 13]]
+    assert [j.indices for j in jobs][:2] == [[12, 11, 10, 11, 12], [13, 10, 11, 12, 13]]
     assert jobs[-1].indices == [13, 14, 15, 14, 13]
 
 
@@ -69,8 +73,8 @@ def test_a_new_run_flushes_the_old_one_and_never_mixes_them(second: FrameRecord,
         asm.push(rec(i))
     jobs, why = asm.push(second)
     assert why == reason
-    # the old run's last two frames, mirrored at its end
-    assert [j.indices for j in jobs] == [[0, 1, 2, 3, 2], [1, 2, 3, 2, 1]]
+    # the old run's last two frames, with the windows of its end (never the center twice)
+    assert [j.indices for j in jobs] == [[0, 1, 2, 3, 0], [1, 2, 3, 2, 1]]
     assert all(j.flushed and j.center.header.acquisition == "A" for j in jobs)
     assert asm.acquisition == second.header.acquisition
     assert asm.last_index == second.index
@@ -90,7 +94,7 @@ def test_resize_flushes_with_the_old_window() -> None:
     for i in range(6):
         asm.push(rec(i))
     tail = asm.resize(3, 0.0)
-    assert [j.indices for j in tail] == [[2, 3, 4, 5, 4], [3, 4, 5, 4, 3]]
+    assert [j.indices for j in tail] == [[2, 3, 4, 5, 2], [3, 4, 5, 4, 3]]
     assert asm.n_frames == 3
     jobs, _ = asm.push(rec(6))
     assert jobs == []

@@ -1,26 +1,122 @@
-"""`emlive demo` headless: detector -> service (shipped model) -> viewer, and denoised frames reach the page."""
+"""`emlive demo`: its three processes live and die with it (every way it can end), and, headless in Chromium,
+detector -> service (shipped model) -> viewer shows denoised frames on the page."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from emlive.core.processes import ChildProcesses, ProcessInfo, descendants, wait_until_gone
 from emlive.demo import default_model, read_line_with_prefix
 
 from .conftest import canvas_sum, wait_frames
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
+SMALL_DEMO = ["--port", "0", "--size", "64", "--fps", "5", "--threads", "1"]
 
 
-def _url_from(proc: subprocess.Popen[bytes]) -> str:
-    line = read_line_with_prefix(proc, "emlive live demo: open", "emlive demo", timeout=90)
-    return line.split("open", 1)[1].split()[0]
+@dataclass
+class RunningDemo:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_demo(tmp_path: Path) -> Iterator[Callable[..., RunningDemo]]:
+    """Starts ``emlive demo ARGS`` (stderr to a log; the test owns it as a supervised child, in its own session,
+    so a signal the test sends reaches the demo only)."""
+    with ChildProcesses("test", grace_s=30) as children:
+
+        def start(args: list[str], wait_ready: bool = True) -> RunningDemo:
+            log_path = tmp_path / "demo.log"
+            with log_path.open("w") as log:
+                proc = children.start(
+                    "demo",
+                    [sys.executable, "-m", "emlive", "demo", *args],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                )
+            demo = RunningDemo(proc, log_path)
+            if wait_ready:
+                line = read_line_with_prefix(proc, "emlive live demo: open", "emlive demo", timeout=90)
+                demo.url = line.split("open", 1)[1].split()[0]
+            return demo
+
+        yield start
+
+
+def _assert_none_survive(demo: RunningDemo, started: list[ProcessInfo], timeout: float = 10.0) -> None:
+    """None of ``started`` (nor any process of their groups) runs within ``timeout`` s of the demo's end."""
+    demo.proc.wait(timeout=30)
+    alive = wait_until_gone(started, timeout, pgids=sorted({p.pgid for p in started}))
+    for p in alive:  # never leave them behind
+        os.kill(p.pid, signal.SIGKILL)
+    assert not alive, f"still running {timeout:g} s after the demo ended: {alive}\n{demo.log()[-3000:]}"
+
+
+def _the_three(demo: RunningDemo) -> list[ProcessInfo]:
+    started = descendants(demo.proc.pid)
+    commands = sorted(Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[3].decode() for p in started)
+    assert commands == ["detector", "serve", "view"], commands
+    return started
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
+def test_no_demo_process_outlives_the_demo(start_demo: Callable[..., RunningDemo], how: str) -> None:
+    """Ctrl-C, SIGTERM (a script's timeout), SIGHUP (a closed terminal): the demo stops its three processes and
+    exits 0; SIGKILL: they stop on their own (parent-death signal). Nothing of theirs is left running."""
+    demo = start_demo(SMALL_DEMO)
+    started = _the_three(demo)
+    os.kill(demo.proc.pid, signal.Signals[how])
+    _assert_none_survive(demo, started)
+    if how == "SIGKILL":
+        assert demo.proc.returncode == -signal.SIGKILL
+    else:
+        assert demo.proc.returncode == 0, demo.log()[-3000:]
+        assert f"{how} received: stopping the demo" in demo.log()
+
+
+@pytest.mark.timeout(120)
+def test_when_one_process_dies_the_demo_stops_the_others_and_fails(start_demo: Callable[..., RunningDemo]) -> None:
+    demo = start_demo(SMALL_DEMO)
+    started = _the_three(demo)
+    service = next(p for p in started if b"serve" in Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0"))
+    os.kill(service.pid, signal.SIGKILL)
+    _assert_none_survive(demo, started)
+    assert demo.proc.returncode == 2
+    assert "the demo's service stopped unexpectedly (killed by SIGKILL" in demo.log()
+
+
+@pytest.mark.timeout(120)
+def test_a_demo_that_fails_to_start_leaves_nothing_running(start_demo: Callable[..., RunningDemo]) -> None:
+    """The viewer cannot bind its port (taken): the detector and the service, already running, are stopped."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        demo = start_demo(["--port", str(taken.getsockname()[1]), *SMALL_DEMO[2:]], wait_ready=False)
+        seen: dict[int, ProcessInfo] = {}
+        while demo.proc.poll() is None:  # every process the demo starts, while it runs
+            seen.update({p.pid: p for p in descendants(demo.proc.pid)})
+            time.sleep(0.05)
+    _assert_none_survive(demo, list(seen.values()))
+    assert demo.proc.returncode == 2
+    assert "the demo's viewer stopped (exit code 2) before it was ready" in demo.log()
+    assert len(seen) == 3, f"the demo started the detector, the service and the viewer: {seen}"
 
 
 def test_shipped_model_is_in_the_package() -> None:
@@ -31,31 +127,20 @@ def test_shipped_model_is_in_the_package() -> None:
     assert sum(p.numel() for p in net.parameters()) < 2_000_000
 
 
-def test_demo_shows_denoised_frames_in_the_browser(page: Any, tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emlive", "demo", "--port", "0", "--size", "256", "--fps", "8", "--threads", "1",
-         "--duration", "100"],
-        stdout=subprocess.PIPE, stderr=open(tmp_path / "demo.log", "w"),  # noqa: SIM115
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        url = _url_from(proc)
-        page.goto(url)
-        wait_frames(page, 3, timeout_ms=60000)
-        assert canvas_sum(page, "denoised") > 0 and canvas_sum(page, "raw") > 0
-        page.wait_for_function(
-            "() => document.getElementById('service').textContent.includes('synthetic')", timeout=30000
-        )
-        page.screenshot(path=str(tmp_path / "demo.png"))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert proc.returncode == 0, (tmp_path / "demo.log").read_text()[-3000:]
-    log = (tmp_path / "demo.log").read_text()
-    assert log.count("SIGINT received") >= 2, "the service and the viewer shut down on the demo's Ctrl-C"
+@pytest.mark.browser
+@pytest.mark.timeout(150)
+def test_demo_shows_denoised_frames_in_the_browser(
+    page: Any, tmp_path: Path, start_demo: Callable[..., RunningDemo]
+) -> None:
+    demo = start_demo(["--port", "0", "--size", "256", "--fps", "8", "--threads", "1", "--duration", "100"])
+    page.goto(demo.url)
+    wait_frames(page, 3, timeout_ms=60000)
+    assert canvas_sum(page, "denoised") > 0 and canvas_sum(page, "raw") > 0
+    page.wait_for_function("() => document.getElementById('service').textContent.includes('synthetic')", timeout=30000)
+    page.screenshot(path=str(tmp_path / "demo.png"))
+    demo.proc.send_signal(signal.SIGINT)
+    demo.proc.wait(timeout=30)
+    assert demo.proc.returncode == 0, demo.log()[-3000:]
+    log = demo.log()
+    assert "SIGINT received: stopping the demo" in log
+    assert log.count("SIGTERM received") >= 3, "the demo stopped the detector, the service and the viewer"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from emlive.core.processes import ChildProcesses
 from emlive.viewer.server import ViewerServer
 
 from .conftest import canvas_sum, wait_frames
@@ -20,61 +21,49 @@ from .conftest import canvas_sum, wait_frames
 pytestmark = pytest.mark.browser
 
 
-def _start(args: list[str], log: Path, timeout: float = 60.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _start(children: ChildProcesses, args: list[str], log: Path, timeout: float = 60.0) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "emlive", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env
-        )
+        cmd = [sys.executable, "-m", "emlive", *args]
+        proc = children.start(args[0], cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         line = proc.stdout.readline() if sel.select(timeout) else ""
     if not line:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
         pytest.fail(f"emlive {args[0]} did not start:\n{log.read_text()}")
-    return proc, json.loads(line)
+    ready: dict[str, Any] = json.loads(line)
+    return ready
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+def procs() -> Iterator[ChildProcesses]:
+    """The test's ``emlive`` subprocesses: SIGTERM at teardown (SIGKILL after 10 s), and if the tests die."""
+    with ChildProcesses("test") as children:
+        yield children
 
 
 @pytest.mark.timeout(60)
 def test_live_service_frames_and_figures(
-    page: Any, tmp_path: Path, procs: list[subprocess.Popen[str]], make_viewer: Callable[..., ViewerServer]
+    page: Any, tmp_path: Path, procs: ChildProcesses, make_viewer: Callable[..., ViewerServer]
 ) -> None:
     from emlive.core.modelcard import ModelCard, save_model
     from emlive.core.network import BlindSpotNet, NetworkConfig
 
     cfg = NetworkConfig(width=8, scales=3, blocks=1)
     model = save_model(tmp_path / "tiny.pt", BlindSpotNet(cfg), ModelCard(name="tiny-viewer", network=cfg))
-    det, det_ready = _start(
+    det_ready = _start(
+        procs,
         ["detector", "--source", "synthetic", "--size", "64", "--synthetic-frames", "16", "--fps", "10", "--loop",
          "--output", "tcp://127.0.0.1:0"],
         tmp_path / "detector.log",
     )  # fmt: skip
-    procs.append(det)
-    svc, svc_ready = _start(
+    svc_ready = _start(
+        procs,
         ["serve", "--model", str(model), "--input", det_ready["endpoint"], "--output", "tcp://127.0.0.1:0",
          "--status", "tcp://127.0.0.1:0", "--status-interval", "0.5", "--publish-raw", "--threads", "1"],
         tmp_path / "serve.log",
     )  # fmt: skip
-    procs.append(svc)
     endpoints = svc_ready["endpoints"]
     server = make_viewer(endpoints["output"], status=endpoints["status"])
     page.goto(server.url)
