@@ -196,3 +196,30 @@ def test_memory_budget_sizes_and_their_errors() -> None:
     assert budget.frame_problem((256, 256), 2, 5) is None
     problem = budget.frame_problem((2048, 2048), 2, 5)
     assert problem is not None and "2048x2048" in problem and "--memory-budget" in problem
+
+
+@pytest.mark.timeout(60)
+def test_extreme_but_valid_indices_keep_the_service_and_its_status_going(
+    denoiser: Any, services: list[DenoiseService], push: Any, req: Any, subscribe: Collect
+) -> None:
+    """Valid frames whose indices jump to the largest accepted value and back (a gap of 2**53 frames, then a
+    restart): counters and the status line stay formattable, the frames on either side still come out."""
+    from emlive.core.protocol import MAX_INDEX, encode_frame
+    from emlive.stream.telemetry import format_line
+
+    svc = _start(services, denoiser, push)
+    req.connect(svc.endpoints["control"])
+    sub = subscribe(svc.endpoints["output"])
+    assert svc.wait_for_subscribers(1, 10)
+    frame = Fuzzer(5).frame((16, 16))
+    indices = [0, 1, 2, MAX_INDEX - 2, MAX_INDEX - 1, MAX_INDEX, 0, 1, 2, 3]
+    for index in indices:
+        push.send_multipart(encode_frame(frame, ACQUISITION, index))
+    push.send_multipart(encode(event_header("end", ACQUISITION)))
+    got = sub.collect(lambda m: m.header.type == "end", timeout=40)
+    assert [m.header.index for m in got if m.header.type == "frame" and m.header.kind == "denoised"] == indices
+    snap = svc.status()
+    assert snap["counters"]["gap_frames"] == MAX_INDEX - 5
+    assert format_line(snap)  # the status line formats whatever the counters hold
+    assert ask_control(req, Fuzzer().control("status"))["ok"]
+    assert not svc.stopping

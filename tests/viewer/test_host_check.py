@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -117,7 +118,7 @@ def test_fuzzed_websocket_messages_are_answered_and_the_viewer_keeps_serving(
         "",
     ] + [rng.bytes(int(rng.integers(1, 500))).decode("latin-1") for _ in range(20)]
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, bool]:
         url = f"http://127.0.0.1:{server.bound_port}"
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{url}/ws", origin=url) as ws:
@@ -135,5 +136,11 @@ def test_fuzzed_websocket_messages_are_answered_and_the_viewer_keeps_serving(
             async with session.get(f"{url}/api/health") as resp:
                 return resp.status, hello["type"] == "hello"
 
-    status, hello = asyncio.run(run())
+    # a fresh thread: an earlier test (Playwright's sync API) may have left an event loop running in this one
+    result: list[tuple[int, bool]] = []
+    worker = threading.Thread(target=lambda: result.append(asyncio.run(run())))
+    worker.start()
+    worker.join(timeout=60)
+    assert result, "the WebSocket exchange did not finish (see the thread's exception above)"
+    status, hello = result[0]
     assert status == 200 and hello
