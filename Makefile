@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.emlive-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo demo-offline test lint typecheck install wheel-smoke bench clean browser
+.PHONY: demo demo-offline test lint typecheck install wheel-smoke bench clean browser gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,5 +51,13 @@ wheel-smoke: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/emlive bench
 
+# The GPU check (bench/gpu_check.py): fp16, channels-last, torch.compile, CUDA graphs, the service and the GPU tests
+# in under 8 minutes, one JSON in bench_out/gpu_check. Installs nothing: it needs the venv with a CUDA build of torch
+# (README, "GPU installation"); without CUDA it writes {"cuda": false, "reason": ...} and stops.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@test -x $(BIN)/python || { echo "no $(VENV): install a CUDA build of torch and emlive first (README: GPU installation)"; exit 1; }
+	$(BIN)/python -m emlive.bench.gpu_check $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf build dist *.egg-info $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .mypy_cache

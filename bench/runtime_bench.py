@@ -34,7 +34,8 @@ import numpy as np
 
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import ModelCard
-from emlive.core.network import BlindSpotNet, NetworkConfig, macs_per_pixel
+from emlive.core.network import BlindSpotNet, NetworkConfig
+from emlive.core.networks import AnyNetwork, network_macs_per_pixel
 from emlive.export.backends import physical_cores
 from emlive.export.runtime import BackendName, Denoiser, available_backends
 from emlive.export.tiling import plan_tiles
@@ -125,7 +126,7 @@ class _Runner:
         return "cuda" if self.denoiser.device.startswith("cuda") else "cpu"
 
 
-def _load_model(model: Path | None) -> tuple[BlindSpotNet | None, ModelCard, str, str]:
+def _load_model(model: Path | None) -> tuple[AnyNetwork | None, ModelCard, str, str]:
     """(network or None, card, label, kind)."""
     if model is None:
         import torch
@@ -137,8 +138,8 @@ def _load_model(model: Path | None) -> tuple[BlindSpotNet | None, ModelCard, str
     if suffix in (".ckpt", ".pt", ".pth"):
         from emlive.core.modelcard import load_checkpoint
 
-        net, card = load_checkpoint(model)
-        return net, card, str(model), "checkpoint"
+        loaded, card = load_checkpoint(model)
+        return loaded, card, str(model), "checkpoint"
     probe = Denoiser.load(model, "auto")
     card = probe.card
     probe.close()
@@ -192,10 +193,10 @@ def run_runtime_benchmark(
             backend = BackendName.torch_cuda if device_type == "cuda" else BackendName.torch_cpu
             ref = Denoiser.from_network(net, card, backend, threads=threads, fold=False)
             runners.insert(0, _Runner(REFERENCE, ref, warm_up=False, reference_of=device_type))
-            say(f"reference: PyTorch eager BlindSpotNet on {ref.device}")
+            say(f"reference: PyTorch eager {type(net).__name__} on {ref.device}")
     else:
         say("no PyTorch weights (ONNX/engine model): speed-ups against eager are not measured")
-    macs = macs_per_pixel(card.network)
+    macs = network_macs_per_pixel(card.network)
     rows: list[BenchRow] = []
     for size in sizes:
         window = synthetic_window(size, card.frames)

@@ -45,17 +45,51 @@ logger = logging.getLogger("emlive.bench.stream")
 LOCAL = "tcp://127.0.0.1:0"
 
 
+class IdentityStream:
+    """BENCHMARK ONLY. The streaming API of :class:`IdentityDenoiser`: keeps a reference to the last frame of each
+    index mod N (no copy, no normalisation) and returns the center frame as received."""
+
+    def __init__(self, frames: int) -> None:
+        self._n = frames
+        self._held: list[tuple[int, np.ndarray] | None] = [None] * frames
+
+    def holds(self, index: int) -> bool:
+        held = self._held[index % self._n]
+        return held is not None and held[0] == index
+
+    def reset(self) -> None:
+        self._held = [None] * self._n
+
+    def push(self, frame: np.ndarray, index: int | None = None) -> int:
+        idx = 0 if index is None else index
+        self._held[idx % self._n] = (idx, frame)
+        return idx
+
+    def denoise(self, indices: Sequence[int | None]) -> np.ndarray:
+        held = self._held[int(indices[self._n // 2] or 0) % self._n]
+        assert held is not None
+        return held[1]
+
+
 class IdentityDenoiser:
     """BENCHMARK ONLY - not a model. A Denoiser-compatible passthrough: returns the window's center frame (in its
     own dtype, so no model work at all), so a run measures the service's own cost (receive, decode, window,
-    publish: the service copies the returned frame out of its window buffer before publishing it)."""
+    publish). ``api="stream"`` (default) offers the runtime's streaming API, as :class:`Denoiser` does: the
+    service pushes each frame once and publishes the center as received. ``api="window"`` offers only
+    ``denoise_window``: the service stacks each window into its :class:`~emlive.stream.window.WindowBuffer` (one
+    or two frame copies) and copies the returned center out of it (the service's path before the streaming API,
+    for comparison)."""
 
     backend = "identity (benchmark only)"
     device = "cpu"
 
-    def __init__(self, frames: int = 5) -> None:
+    def __init__(self, frames: int = 5, api: str = "stream") -> None:
         self.frames = frames
         self.card = SimpleNamespace(name="identity-passthrough (benchmark only)", network=None)
+        if api == "stream":
+            self.stream = lambda shape, dtype: IdentityStream(frames)
+        elif api != "window":
+            raise ValueError(f"identity api {api!r}: use stream or window")
 
     def denoise_window(self, window: np.ndarray) -> np.ndarray:
         return window[self.frames // 2]
@@ -120,7 +154,7 @@ def bare_throughput(size: int, count: int, hwm: int = 8) -> dict[str, Any]:
     return {"frames": count, "fps": round(fps, 2), "MB_per_s": round(fps * frame.nbytes / 2**20, 1)}
 
 
-def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int) -> None:
+def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int, api: str = "stream") -> None:
     """Child process: the service with the identity model, lossless PULL from ``endpoint``; stopped by control,
     and by SIGTERM if the benchmark (``parent``) dies, however it dies."""
     die_with_parent(parent)
@@ -138,14 +172,14 @@ def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int) -> None:
         output_hwm=64,
         status_interval_s=3600,
     )
-    svc = DenoiseService(config, denoiser=IdentityDenoiser())
+    svc = DenoiseService(config, denoiser=IdentityDenoiser(api=api))
     svc.start()
     conn.send(svc.endpoints)
     conn.close()
     svc.run()
 
 
-def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8) -> dict[str, Any]:
+def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8, api: str = "stream") -> dict[str, Any]:
     """Frames/s through the service (identity model, lossless PULL input, its own process) for ``count`` frames.
 
     Without ``subscriber`` the rate is the service's own publishing rate (first to last frame published); with
@@ -163,7 +197,9 @@ def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8) ->
     sub.setsockopt(zmq.LINGER, 0)
     port = push.bind_to_random_port("tcp://127.0.0.1")
     parent, child = mp.Pipe()
-    proc = mp.Process(target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child, os.getpid()), daemon=True)
+    proc = mp.Process(
+        target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child, os.getpid(), api), daemon=True
+    )
     proc.start()
     received = 0
     elapsed = float("nan")
@@ -331,7 +367,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def overhead(size: int, seconds: float, rounds: int) -> dict[str, Any]:
+def overhead(size: int, seconds: float, rounds: int, api: str = "stream") -> dict[str, Any]:
     """Bare pyzmq vs the service (identity model), interleaved ``rounds`` times; medians compared."""
     mb = size * size * 2 / 2**20
     probe = bare_throughput(size, max(8, min(400, int(200 / mb))))
@@ -340,11 +376,12 @@ def overhead(size: int, seconds: float, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         logger.info("%dx%d round %d/%d: %d frames each", size, size, r + 1, rounds, count)
         bare.append(bare_throughput(size, count))
-        alone.append(service_throughput(size, count, subscriber=False))
-        with_sub.append(service_throughput(size, count, subscriber=True))
+        alone.append(service_throughput(size, count, subscriber=False, api=api))
+        with_sub.append(service_throughput(size, count, subscriber=True, api=api))
     b, s0, s1 = _median_run(bare), _median_run(alone), _median_run(with_sub)
     return {
         "size": size,
+        "identity_api": api,
         "frames": count,
         "rounds": rounds,
         "bare_pyzmq": b,
@@ -367,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model-seconds", type=float, default=20.0, help="duration of the 2x overload run")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the real model")
     parser.add_argument("--quick", action="store_true", help="short runs, one round (a smoke test; noisy numbers)")
+    parser.add_argument(
+        "--identity-api",
+        choices=("stream", "window"),
+        default="stream",
+        help="the passthrough's API: stream (the runtime's streaming API) or window (denoise_window only)",
+    )
     args = parser.parse_args(argv)
     setup_logging(False)
     logging.getLogger("emlive.stream").setLevel(logging.ERROR)  # back-pressure warnings are expected here
@@ -378,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "overhead": [],
     }
     for size in (int(s) for s in args.sizes.split(",") if s.strip()):
-        row = overhead(size, seconds, rounds)
+        row = overhead(size, seconds, rounds, args.identity_api)
         results["overhead"].append(row)
         logger.info(
             "%dx%d: bare %.1f fps, service %.1f fps (%.0f%%), to a subscriber %.1f fps (%.0f%%)",

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emlive import __version__
 from emlive.core.errors import ModelFileError
-from emlive.core.network import BlindSpotNet, NetworkConfig
+from emlive.core.network import NetworkConfig
+from emlive.core.networks import AnyNetwork, AnyNetworkConfig, create_network
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,18 @@ class NoiseModel(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class TeacherInfo(BaseModel):
+    """The blind-spot teacher a student was distilled from (``emlive distill``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The teacher's model file when the student was distilled.")
+    name: str = Field(description="The teacher card's name.")
+    blind_spot: tuple[int, int] = Field(description="The teacher's blind spot (h, w).")
+    network: dict[str, Any] = Field(default_factory=dict, description="The teacher's network section.")
+    noise: NoiseModel | None = Field(None, description="The teacher's noise model, when its card has one.")
+
+
 class ModelCard(BaseModel):
     """Self-description of a trained denoiser."""
 
@@ -80,11 +93,12 @@ class ModelCard(BaseModel):
     emlive_version: str = __version__
     name: str = "emlive-denoiser"
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    network: AnyNetworkConfig = Field(default_factory=NetworkConfig)
     normalization: Normalization = Normalization.zscore_per_frame
     gain_reference: str | None = Field(None, description="Gain reference applied to raw frames in training.")
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     noise: NoiseModel | None = Field(None, description="Noise model measured on the training data, if any.")
+    teacher: TeacherInfo | None = Field(None, description="The teacher of a distilled student; None otherwise.")
 
     @property
     def frames(self) -> int:
@@ -92,7 +106,13 @@ class ModelCard(BaseModel):
 
     @property
     def blind_spot(self) -> tuple[int, int]:
+        """The network's blind window; (0, 0) for a student, which sees every pixel (its teacher's is in
+        ``teacher.blind_spot``)."""
         return self.network.blind_spot
+
+    @property
+    def kind(self) -> str:
+        return self.network.kind
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -105,7 +125,7 @@ class ModelCard(BaseModel):
             raise ModelFileError(f"{source}: the emlive model card is not valid ({exc}); re-export the model") from exc
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[BlindSpotNet, ModelCard]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AnyNetwork, ModelCard]:
     """Load a trained network and its card from an emlive checkpoint (``.ckpt`` from training, or ``.pt``).
 
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code when it is opened.
@@ -125,16 +145,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     card_data = ckpt[CARD_KEY]
     card = ModelCard.from_json(card_data if isinstance(card_data, str) else json.dumps(card_data), str(p))
     state = {k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    net = BlindSpotNet(card.network)
+    net = create_network(card.network)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelFileError(f"{p}: weights do not match the card's network {card.network}: {exc}") from exc
     net.eval()
-    return net, card
+    return net, card  # type: ignore[return-value]  # create_network builds a registered AnyNetwork
 
 
-def save_model(path: str | Path, net: BlindSpotNet, card: ModelCard) -> Path:
+def save_model(path: str | Path, net: AnyNetwork, card: ModelCard) -> Path:
     """Write a compact inference checkpoint (weights + card, no optimizer state) readable by load_checkpoint."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ class NetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["blindspot"] = Field("blindspot", description="Network family (the registry key).")
     version: int = Field(NETWORK_SCHEMA_VERSION, description="Schema version of this section.")
     frames: Annotated[int, Field(ge=1, le=9, description="Input frames N (odd); the center one is denoised.")] = 5
     blind_spot: tuple[int, int] = Field(
@@ -91,6 +92,11 @@ class NetworkConfig(BaseModel):
     @property
     def pad_multiple(self) -> int:
         return 2 ** (self.scales - 1)
+
+    @property
+    def receptive_radius(self) -> int:
+        """See :func:`receptive_radius`."""
+        return receptive_radius(self)
 
 
 def ring_dilation(radius: int, half: int, factor: int) -> int:

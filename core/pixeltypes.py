@@ -104,8 +104,21 @@ def _native(dtype: Any) -> np.dtype[Any]:
     return np.dtype(dtype).newbyteorder("=")
 
 
+_LOOKED_UP: dict[np.dtype[Any], PixelType | None] = {}  # the per-frame look-up, memoised per dtype
+
+
 def pixel_type(dtype: Any) -> PixelType | None:
     """The policy row of ``dtype`` (either byte order), or None when emlive does not take that type."""
+    if isinstance(dtype, np.dtype):
+        if dtype not in _LOOKED_UP:
+            if len(_LOOKED_UP) >= 64:  # bounded: odd dtypes from files cannot grow it
+                _LOOKED_UP.clear()
+            _LOOKED_UP[dtype] = _pixel_type(dtype)
+        return _LOOKED_UP[dtype]
+    return _pixel_type(dtype)
+
+
+def _pixel_type(dtype: Any) -> PixelType | None:
     try:
         native = _native(dtype)
     except TypeError:

@@ -168,6 +168,16 @@ class Message:
 def dtype_fields(dtype: np.dtype[Any]) -> tuple[str, str]:
     """The ``dtype`` and ``byte_order`` header values of a numpy dtype; ProtocolError for unsupported types."""
     dt = np.dtype(dtype)
+    fields = _FIELDS.get(dt)
+    if fields is None:
+        fields = _FIELDS[dt] = _dtype_fields(dt)  # only wire types get here: at most 17 entries
+    return fields
+
+
+_FIELDS: dict[np.dtype[Any], tuple[str, str]] = {}  # dtype_fields per dtype (a per-frame look-up of the service)
+
+
+def _dtype_fields(dt: np.dtype[Any]) -> tuple[str, str]:
     name = dt.newbyteorder("=").name
     if name not in DTYPES:
         raise ProtocolError(
@@ -300,6 +310,7 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads(..., **kw) makes one per call
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
@@ -339,7 +350,7 @@ def parse_json_object(data: bytes | memoryview, what: str = "header") -> dict[st
     try:
         text = bytes(data).decode("utf-8")
         _check_depth(text, what)
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except RecursionError as exc:  # cannot happen after _check_depth; kept so no input can escape as a crash
         raise ProtocolError(f"{what} is nested too deeply for this reader ({exc})", "too_deep") from exc
     except UnicodeDecodeError as exc:

@@ -62,6 +62,7 @@ from torch import nn
 from emlive.core.errors import ModelFileError
 from emlive.core.modelcard import ModelCard
 from emlive.core.network import BlindSpotNet
+from emlive.core.networks import AnyNetwork
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
 from emlive.export.folding import fold_network
 from emlive.export.onnx_export import INPUT_NAME, OUTPUT_NAME
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE_CPU = 1024
 DEFAULT_TILE_GPU = 2048
 MAX_SESSIONS = 4
-MAX_BINDINGS_PER_SESSION = 4  # buffer pairs (frame, tile) bound per session; the oldest is dropped beyond
+MAX_BINDINGS_PER_SESSION = 16  # buffer pairs bound per session (a FrameStream's 2N-1 ring views, scratch, tiles); LRU
 
 
 class InferenceEngine(abc.ABC):
@@ -364,7 +365,7 @@ class TorchEngine(InferenceEngine):
 
     def __init__(
         self,
-        net: BlindSpotNet,
+        net: AnyNetwork,
         card: ModelCard,
         device: str,
         *,
@@ -380,7 +381,9 @@ class TorchEngine(InferenceEngine):
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread count
         cuda = device.startswith("cuda")
         module: nn.Module
-        if fold is None:
+        if not isinstance(net, BlindSpotNet):
+            module = net.float()  # a student: plain convolutions, nothing to fold
+        elif fold is None:
             module = fold_network(net) if cuda else net.float().fused()
         else:
             module = fold_network(net) if fold else net.float()

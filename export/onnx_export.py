@@ -46,7 +46,9 @@ from emlive import __version__
 from emlive.core.errors import ConfigError, ModelFileError
 from emlive.core.modelcard import CARD_KEY, ModelCard, load_checkpoint
 from emlive.core.network import BlindSpotNet
+from emlive.core.networks import AnyNetwork
 from emlive.core.normalize import zscore
+from emlive.core.student import StudentNet
 from emlive.export.errors import ParityError
 from emlive.export.folding import fold_network
 
@@ -148,11 +150,12 @@ def card_metadata(card: ModelCard, fp16: bool) -> dict[str, str]:
 
 
 def onnx_model_proto(
-    net: BlindSpotNet, card: ModelCard, *, fp16: bool = False, opset: int = DEFAULT_OPSET
+    net: AnyNetwork, card: ModelCard, *, fp16: bool = False, opset: int = DEFAULT_OPSET
 ) -> onnx.ModelProto:
     """Trace the folded network to ONNX (dynamic batch/height/width) and attach the card as metadata."""
     check_opset(opset)
-    module: nn.Module = fold_network(net.float().cpu().eval())
+    net = net.float().cpu().eval()
+    module: nn.Module = fold_network(net) if isinstance(net, BlindSpotNet) else net  # a student needs no folding
     if fp16:
         module = _Float16Graph(module)
     module.eval()
@@ -177,7 +180,7 @@ def onnx_model_proto(
         model = onnx.load(str(path))
     model.producer_name = "emlive"
     model.producer_version = __version__
-    model.doc_string = f"emlive blind-spot denoiser '{card.name}' ({card.frames} frames, blind spot {card.blind_spot})"
+    model.doc_string = f"emlive {card.kind} denoiser '{card.name}' ({card.frames} frames, blind spot {card.blind_spot})"
     del model.metadata_props[:]
     for key, value in card_metadata(card, fp16).items():
         entry = model.metadata_props.add()
@@ -203,7 +206,7 @@ def parity_inputs(frames: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     return [("random", random), ("real-looking", realistic[None].astype(np.float32))]
 
 
-def _torch_reference(net: BlindSpotNet, x: np.ndarray) -> np.ndarray:
+def _torch_reference(net: AnyNetwork, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return net.float().cpu().eval()(torch.from_numpy(x)).numpy()
 
@@ -217,7 +220,7 @@ def compare(name: str, exported: np.ndarray, reference: np.ndarray, rel_bound: f
 
 
 def check_onnx_parity(
-    net: BlindSpotNet, model_bytes: bytes, frames: int, fp16: bool, source: str = "exported model"
+    net: AnyNetwork, model_bytes: bytes, frames: int, fp16: bool, source: str = "exported model"
 ) -> list[ParityResult]:
     """Run the ONNX model (ONNX Runtime, CPU) and the PyTorch network on :func:`parity_inputs`; raise on failure."""
     import onnxruntime as ort
@@ -247,7 +250,7 @@ def raise_on_failure(results: list[ParityResult], source: str, engine: str, fp16
 
 
 def export_onnx(
-    source: str | Path | BlindSpotNet,
+    source: str | Path | AnyNetwork,
     output: str | Path,
     *,
     card: ModelCard | None = None,
@@ -265,7 +268,7 @@ def export_onnx(
     out = Path(output)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"output {out}: an ONNX model file must end in .onnx; use e.g. -o {out.with_suffix('.onnx')}")
-    if isinstance(source, BlindSpotNet):
+    if isinstance(source, BlindSpotNet | StudentNet):
         if card is None:
             card = ModelCard(network=source.config)
         net = source

@@ -4,6 +4,12 @@
 >>> den = Denoiser.load("model.onnx")                      # or .ckpt/.pt, or a TensorRT .engine
 >>> clean_center = den.denoise_window(window)              # (N, H, W) detector frames -> (H, W) float32
 >>> for t, frame in den.denoise_movie(movie): ...          # every frame, leak-free windows at the ends
+>>> stream = den.stream((512, 512), np.uint16)             # live: push each frame once, denoise its windows
+>>> stream.push(frame, t); out = stream.denoise(window_indices(t - 2, 5, t + 1))
+
+``denoise_movie`` and the live service (:mod:`emlive.stream.window`) both go through a :class:`FrameStream`: every
+frame is validated and normalised once, into a float32 ring laid out as the network's input, and each window is
+denoised from the ring (a contiguous view of it for consecutive frames), not renormalised N times.
 
 What happens inside, in order:
 
@@ -51,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -60,7 +66,7 @@ import numpy as np
 
 from emlive.core.errors import ConfigError, InputDataError, ModelFileError
 from emlive.core.modelcard import ModelCard, Normalization, load_checkpoint
-from emlive.core.network import BlindSpotNet
+from emlive.core.networks import AnyNetwork
 from emlive.core.normalize import denormalize, frame_stats, normalize_into
 from emlive.core.pixeltypes import PIXEL_TYPES, check_pixel_type
 from emlive.core.windows import window_indices
@@ -187,7 +193,7 @@ class _Model:
         path: Path | None,
         kind: str,
         card: ModelCard,
-        net: BlindSpotNet | None = None,
+        net: AnyNetwork | None = None,
         onnx_bytes: bytes | None = None,
         build: dict[str, Any] | None = None,
     ) -> None:
@@ -378,7 +384,7 @@ class Denoiser:
     @classmethod
     def from_network(
         cls,
-        net: BlindSpotNet,
+        net: AnyNetwork,
         card: ModelCard | None = None,
         backend: BackendName | str = "auto",
         *,
@@ -526,6 +532,11 @@ class Denoiser:
                 center = stats
         return self._denormalize(self._run(buf), *center)
 
+    def stream(self, shape: tuple[int, int], dtype: Any = None, *, what: str = "frame") -> FrameStream:
+        """A :class:`FrameStream` for frames of ``shape`` (and of ``dtype`` only, when given): push each frame once,
+        denoise windows of its frames. ``what`` names the frames in errors (``"movie frame"`` -> "movie frame 7")."""
+        return FrameStream(self, shape, dtype, what=what)
+
     @staticmethod
     def _denormalize(z: np.ndarray, mean: float, std: float) -> np.ndarray:
         return denormalize(z, mean, std, "the center frame of the window")
@@ -537,7 +548,7 @@ class Denoiser:
         :class:`emlive.core.readers.Movie`, a memory map). Windows come from
         :func:`emlive.core.windows.window_indices` (at the ends, neighbours mirrored about the center frame, never
         the center itself; the empty slots of a single-frame movie are zeros in normalised units). Each frame is
-        read and normalised once and kept in a rolling cache of at most N + 1 frames; the movie is never loaded
+        read and normalised once into a :class:`FrameStream` (a ring of the last N frames); the movie is never loaded
         whole.
         """
         length = self._movie_length(movie)
@@ -566,32 +577,19 @@ class Denoiser:
         self, read: Callable[[int], Any], length: int, start: int, stop: int
     ) -> Iterator[tuple[int, np.ndarray]]:
         n = self.frames
-        cache: dict[int, tuple[np.ndarray, float, float]] = {}
-        pool: list[np.ndarray] = []
+        stream: FrameStream | None = None
         shape: tuple[int, int] | None = None
         for t in range(start, stop):
             indices = window_indices(t, n, length)
-            for idx in sorted({i for i in indices if i is not None} - cache.keys()):  # in file order
+            needed = {i for i in indices if i is not None}
+            for idx in sorted(i for i in needed if stream is None or not stream.holds(i)):  # in file order
                 arr = self._read_movie_frame(read, idx, shape)
                 shape = (arr.shape[0], arr.shape[1])
-                mean, std = self._stats(arr, f"movie frame {idx}")
-                slot = pool.pop() if pool else np.empty(shape, dtype=np.float32)
-                self._normalize_into(arr, mean, std, slot)
-                cache[idx] = (slot, mean, std)
-            assert shape is not None
-            buf = self._input_buffer(shape)
-            for i, slot_idx in enumerate(indices):
-                if slot_idx is None:
-                    buf[0, i] = 0.0  # an empty slot (single-frame movie): the frame mean in normalised units
-                else:
-                    np.copyto(buf[0, i], cache[slot_idx][0])
-            _, mean_c, std_c = cache[t]
-            result = self._denormalize(self._run(buf), mean_c, std_c)
-            if t + 1 < stop:
-                keep = set(window_indices(t + 1, n, length))
-                for idx in [i for i in cache if i not in keep]:
-                    pool.append(cache.pop(idx)[0])
-            yield t, result
+                if stream is None:
+                    stream = self.stream(shape, what="movie frame")  # each frame's type checked on its own
+                stream.push(arr, idx)
+            assert stream is not None
+            yield t, stream.denoise(indices)
 
     def _read_movie_frame(self, read: Callable[[int], Any], idx: int, shape: tuple[int, int] | None) -> np.ndarray:
         """Frame ``idx`` of a movie as an (H, W) array of a supported dtype, the size of the others (``shape``)."""
@@ -619,3 +617,122 @@ class Denoiser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FrameStream:
+    """Frames of one movie or live run, each validated and normalised once into a float32 ring, and the windows
+    of those frames denoised from the ring (:meth:`Denoiser.stream` makes one).
+
+    >>> stream = den.stream((512, 512), np.uint16)
+    >>> stream.push(frame, t)                                   # validated and z-scored once, into plane t % N
+    >>> out = stream.denoise(window_indices(c, den.frames, T))  # (H, W) float32, the center frame's units
+
+    The ring is the model's input laid out twice over: 2N-1 float32 planes, frame i normalised into plane i % N
+    (its mean and std kept for the way back), so the window of N consecutive frames starting at frame s is the
+    contiguous view of planes s % N .. s % N + N - 1; the planes past N - 1 are copies of the ones N below,
+    written only when a window needs them (at most one copy per frame). Any other window (the ends of a movie or
+    run, mirrored frames, empty slots) is gathered into a scratch input, empty slots as zeros (the frame mean in
+    normalised units). The ring holds the last frame pushed of each residue mod N, so any window the
+    :func:`~emlive.core.windows.window_indices` rule gives is denoised from frames pushed once; a window whose
+    frame the ring no longer holds is refused, naming the frame. Like its :class:`Denoiser`, not thread-safe.
+    """
+
+    def __init__(self, denoiser: Denoiser, shape: tuple[int, int], dtype: Any = None, *, what: str = "frame") -> None:
+        h, w = int(shape[0]), int(shape[1])
+        if h < 1 or w < 1:
+            raise InputDataError(f"stream of {h}x{w} frames: frames must be at least 1 x 1 pixels")
+        self.dtype: np.dtype[Any] | None = None if dtype is None else np.dtype(dtype)
+        if self.dtype is not None:
+            check_pixel_type(self.dtype, f"stream of {what}s")
+        self.shape = (h, w)
+        self.frames = n = denoiser.frames
+        self._den = denoiser
+        self._what = what
+        self._ring = np.zeros((1, 2 * n - 1, h, w), dtype=np.float32)
+        self._scratch: np.ndarray | None = None
+        self._held: list[int | None] = [None] * (2 * n - 1)
+        self._stats: list[tuple[float, float]] = [(0.0, 1.0)] * n
+        self._next = 0
+        self.normalised = 0  # frames normalised so far (each pushed frame once)
+
+    def holds(self, index: int) -> bool:
+        """Whether frame ``index`` is in the ring (pushed, and not replaced by a later frame)."""
+        return self._held[index % self.frames] == index
+
+    def reset(self) -> None:
+        """Forget every frame (a new run starts: its frames are never mixed with the old run's)."""
+        self._held = [None] * len(self._held)
+        self._next = 0
+
+    def push(self, frame: Any, index: int | None = None) -> int:
+        """Validate frame ``index`` (default: the one after the last pushed) and normalise it into the ring once;
+        returns its index. InputDataError naming the frame for a wrong size, pixel type or NaN/inf values."""
+        arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
+        idx = self._next if index is None else int(index)
+        what = f"{self._what} {idx}"
+        if idx < 0:
+            raise InputDataError(f"{what}: frame indices count from 0; push frames with index >= 0")
+        if arr.shape != self.shape:
+            raise InputDataError(
+                f"{what} has shape {arr.shape}, this stream takes {self.shape[0]}x{self.shape[1]} frames: all "
+                "frames of a movie or run must have the same size; open a new stream (Denoiser.stream) for another"
+            )
+        if self.dtype is not None and arr.dtype != self.dtype:
+            raise InputDataError(
+                f"{what} has dtype {arr.dtype}, this stream takes {self.dtype} frames; open a new stream "
+                "(Denoiser.stream) for frames of another pixel type"
+            )
+        if self.dtype is None:
+            check_pixel_type(arr.dtype, what)
+        slot = idx % self.frames
+        stats = self._den._stats(arr, what)
+        self._held[slot] = None  # (a failure below leaves the plane marked empty)
+        if slot + self.frames < len(self._held):
+            self._held[slot + self.frames] = None  # its copy plane held an older frame of this residue
+        normalize_into(arr, stats[0], stats[1], self._ring[0, slot])
+        self._held[slot] = idx
+        self._stats[slot] = stats
+        self._next = idx + 1
+        self.normalised += 1
+        return idx
+
+    def denoise(self, indices: Sequence[int | None]) -> np.ndarray:
+        """Denoise the center frame of the window of frames ``indices`` (network order; ``None``: an empty slot)
+        from the ring: (H, W) float32 in the center frame's units, a new array."""
+        n = self.frames
+        if len(indices) != n or indices[n // 2] is None:
+            raise InputDataError(
+                f"window {list(indices)}: this model needs {n} frame indices with a frame at the center (slot "
+                f"{n // 2}); build it with emlive.core.windows.window_indices"
+            )
+        missing = [i for i in indices if i is not None and not self.holds(i)]
+        if missing:
+            raise InputDataError(
+                f"window {list(indices)}: {self._what} {missing[0]} is not in the stream (it holds the last frame "
+                f"pushed of each index mod {n}); push every frame of a window before denoising it, in order"
+            )
+        center = indices[n // 2]
+        assert center is not None
+        mean, std = self._stats[center % n]
+        return self._den._denormalize(self._den._run(self._input(indices)), mean, std)
+
+    def _input(self, indices: Sequence[int | None]) -> np.ndarray:
+        """The (1, N, H, W) normalised window: a view of the ring when its frames are consecutive, else gathered."""
+        n = self.frames
+        first = indices[0]
+        if first is not None and all(i == first + k for k, i in enumerate(indices)):
+            start = first % n
+            for plane in range(max(start, n), start + n):  # planes past N - 1: copies, refreshed when stale
+                wanted = first + plane - start
+                if self._held[plane] != wanted:
+                    np.copyto(self._ring[0, plane], self._ring[0, plane - n])
+                    self._held[plane] = wanted
+            return self._ring[:, start : start + n]
+        if self._scratch is None:
+            self._scratch = np.empty((1, n, *self.shape), dtype=np.float32)
+        for k, i in enumerate(indices):
+            if i is None:
+                self._scratch[0, k] = 0.0
+            else:
+                np.copyto(self._scratch[0, k], self._ring[0, i % n])
+        return self._scratch

@@ -41,7 +41,7 @@ import torch
 
 from emlive.core.errors import ConfigError, InputDataError, ModelFileError
 from emlive.core.modelcard import ModelCard
-from emlive.core.network import BlindSpotNet
+from emlive.core.networks import AnyNetwork
 from emlive.export.backends import DEFAULT_TILE_GPU, InferenceEngine, cuda_description, cuda_unavailable_reason
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
 from emlive.export.onnx_export import (
@@ -298,7 +298,7 @@ class TensorRTEngine(InferenceEngine):
 
 
 def check_engine_parity(
-    net: BlindSpotNet, engine: TensorRTEngine, card: ModelCard, fp16: bool, source: str
+    net: AnyNetwork, engine: TensorRTEngine, card: ModelCard, fp16: bool, source: str
 ) -> list[ParityResult]:
     """TensorRT against the PyTorch network on the export's parity inputs (same bound as the ONNX check)."""
     results = []
@@ -326,7 +326,7 @@ class TensorRTExport:
 
 
 def export_tensorrt(
-    net: BlindSpotNet,
+    net: AnyNetwork,
     card: ModelCard,
     onnx_path: Path,
     *,

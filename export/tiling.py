@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from emlive.core.errors import ConfigError
-from emlive.core.network import NetworkConfig, receptive_radius
+from emlive.core.networks import AnyNetworkConfig
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,13 @@ class Tile:
         return (self.y.stop - self.y.start, self.x.stop - self.x.start)
 
 
-def tile_margin(config: NetworkConfig) -> int:
+def tile_margin(config: AnyNetworkConfig) -> int:
     """Margin kept around every tile core: the receptive radius rounded up to a multiple of ``pad_multiple``."""
     m = config.pad_multiple
-    return math.ceil(receptive_radius(config) / m) * m
+    return math.ceil(config.receptive_radius / m) * m
 
 
-def check_tile(tile: int, config: NetworkConfig) -> int:
+def check_tile(tile: int, config: AnyNetworkConfig) -> int:
     """Validate a tile size for ``config``: a multiple of ``pad_multiple`` leaving a core beside two margins."""
     m = config.pad_multiple
     margin = tile_margin(config)
@@ -85,13 +85,13 @@ def axis_spans(length: int, tile: int, margin: int) -> list[Span]:
         core_start = core_stop
 
 
-def plan_tiles(height: int, width: int, tile: int, config: NetworkConfig) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile: int, config: AnyNetworkConfig) -> list[Tile]:
     """Tiles for an ``height`` x ``width`` frame (one tile when the frame fits)."""
     check_tile(tile, config)
     margin = tile_margin(config)
     return [Tile(ys, xs) for ys in axis_spans(height, tile, margin) for xs in axis_spans(width, tile, margin)]
 
 
-def tiled_pixels(height: int, width: int, tile: int, config: NetworkConfig) -> int:
+def tiled_pixels(height: int, width: int, tile: int, config: AnyNetworkConfig) -> int:
     """Pixels the network processes for one frame (the overhead of tiling is this over ``height * width``)."""
     return sum(t.shape[0] * t.shape[1] for t in plan_tiles(height, width, tile, config))

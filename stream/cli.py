@@ -99,10 +99,10 @@ def register(app: typer.Typer) -> None:
             32, "--queue", help="Input queue bound in messages (also bounded in bytes by --memory-budget)."
         ),
         memory_budget: str = typer.Option(
-            "1GiB",
+            "auto",
             "--memory-budget",
-            help="Bytes the service may hold for frames (e.g. 512MiB, 4GiB): a quarter bounds the input queue; "
-            "frame sizes that need more than half are rejected.",
+            help="Bytes the service may hold for frames (e.g. 512MiB, 4GiB; auto: a quarter of the RAM, 1-16 GiB): "
+            "a quarter bounds the input queue; frame sizes that need more than half are rejected.",
         ),
         drain: float = typer.Option(
             2.0, "--drain", help="--lossless stop: seconds to keep taking what the input socket already holds."

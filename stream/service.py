@@ -7,8 +7,9 @@ Threads (each owns its sockets; a thread's exception is handed to the thread tha
   fast as it can into a bounded queue, without decoding, so the detector is never held up by the model;
 * **pipeline**: decodes and validates each message (a bad one is logged in one line, counted and dropped),
   records raw frames, keeps the rolling window (:mod:`emlive.stream.window`), runs the model on complete
-  windows, publishes each denoised frame (and the raw one, with ``publish_raw``) on the output XPUB socket and
-  records it;
+  windows (each frame pushed once into the model's float32 ring, :class:`~emlive.stream.window.ModelWindows`,
+  :class:`emlive.export.runtime.FrameStream`), publishes each denoised frame (and the raw one, with
+  ``publish_raw``) on the output XPUB socket and records it;
 * **control**: answers JSON commands on the REP control socket and publishes telemetry on the status socket
   (and logs one line of it) every ``status_interval_s`` seconds;
 * **recorder** (with ``record``): appends frames to the recording files (:mod:`emlive.stream.recording`).
@@ -60,7 +61,6 @@ import zmq
 from emlive.core.errors import ConfigError, EmliveError
 from emlive.core.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    DTYPES,
     MAX_HEADER_BYTES,
     PROTOCOL,
     STATUS_TYPE,
@@ -86,17 +86,22 @@ from emlive.stream.inputqueue import InputQueue
 from emlive.stream.modes import InputFormat, InputMode
 from emlive.stream.recording import Recorder, RecordWhat, check_record_path
 from emlive.stream.telemetry import Telemetry, format_line
-from emlive.stream.window import FrameRecord, WindowAssembler, WindowBuffer, WindowJob, live_selection
+from emlive.stream.window import FrameRecord, ModelWindows, WindowAssembler, WindowJob, live_selection
 
 logger = logging.getLogger(__name__)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per frame (json.dumps(**kw))
+
+
 def _json_bytes(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 class DenoiserLike(Protocol):
-    """What the service needs of a model: :class:`emlive.export.runtime.Denoiser` is one."""
+    """What the service needs of a model: :class:`emlive.export.runtime.Denoiser` is one. A model with the
+    streaming API as well (``stream(shape, dtype)``, :class:`emlive.export.runtime.FrameStream`) is fed each
+    frame once (:class:`emlive.stream.window.ModelWindows`); ``denoise_window`` then serves the warm-ups only."""
 
     frames: int
     backend: str
@@ -286,7 +291,7 @@ class DenoiseService:
         self._subs = 0
         self._subs_cond = threading.Condition()
         self._seq = 0
-        self._windows = WindowBuffer()
+        self._windows = ModelWindows()
         self._warmed: set[tuple[int, tuple[int, int], str]] = set()
         self._last_shape: tuple[tuple[int, int], np.dtype[Any]] | None = None
         self._out_extra: dict[str, Any] = {}
@@ -756,9 +761,7 @@ class DenoiseService:
         if header.shape is not None:
             self._last_shape = (header.shape, rec.data.dtype)
         previous_acq, previous_last = assembler.acquisition, assembler.last_index
-        start = time.perf_counter()
-        jobs, reason = assembler.push(rec)
-        self.telemetry.stage("window", time.perf_counter() - start)
+        jobs, reason = assembler.push(rec)  # (its time is in the "window" stage of the job it completes)
         if reason is not None:
             self.telemetry.reset(reason)
             if reason == "gap" and previous_last is not None:
@@ -849,10 +852,11 @@ class DenoiseService:
             return
         center = job.center.header
         t0 = time.perf_counter()
-        window = self._windows.window(job)
-        t1 = time.perf_counter()
+        t1 = t0
         try:
-            out = np.asarray(denoiser.denoise_window(window))
+            denoise = self._windows.feed(denoiser, job)
+            t1 = time.perf_counter()
+            out = denoise()
             if out.shape != center.shape:
                 raise ProtocolError(
                     f"the model returned shape {out.shape} for a {center.shape} frame; the model does not fit",
@@ -868,11 +872,13 @@ class DenoiseService:
             )
             return
         t2 = time.perf_counter()
-        if out.dtype.newbyteorder("=").name not in DTYPES:
+        try:
+            out_dtype, out_order = dtype_fields(out.dtype)
+        except ProtocolError:  # a type the wire does not carry
             out = out.astype(np.float32)
-        elif self._windows.owns(out) or not out.flags.c_contiguous:
-            out = np.array(out)  # never publish memory the next window will overwrite
-        out_dtype, out_order = dtype_fields(out.dtype)
+            out_dtype, out_order = dtype_fields(out.dtype)
+        if not out.flags.c_contiguous:
+            out = np.ascontiguousarray(out)
         self._seq += 1
         header = center.to_dict()
         header.update(self._out_extra)

@@ -12,7 +12,9 @@ a new acquisition id, a gap or a step back in the indices, or a change of shape 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,10 +31,10 @@ class FrameRecord:
     data: np.ndarray
     received: float
     received_wall: float
+    index: int = field(init=False)  # the header's index (read many times per frame: kept, not recomputed)
 
-    @property
-    def index(self) -> int:
-        return int(self.header.index or 0)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", int(self.header.index or 0))
 
 
 @dataclass(frozen=True)
@@ -228,3 +230,61 @@ class WindowBuffer:
     def owns(self, array: np.ndarray) -> bool:
         """Whether ``array`` may share memory with the reused buffers (then copy it before keeping it)."""
         return any(buf is not None and np.may_share_memory(array, buf) for buf in (self._ring, self._scratch))
+
+
+class FrameStreamLike(Protocol):
+    """The streaming API of a model (:class:`emlive.export.runtime.FrameStream`)."""
+
+    def holds(self, index: int) -> bool: ...
+
+    def reset(self) -> None: ...
+
+    def push(self, frame: np.ndarray, index: int | None = None) -> int: ...
+
+    def denoise(self, indices: Sequence[int | None]) -> np.ndarray: ...
+
+
+class ModelWindows:
+    """Feeds window jobs to a model and returns the denoised center frames.
+
+    A model with a streaming API (``stream(shape, dtype)``, :meth:`emlive.export.runtime.Denoiser.stream`) gets
+    each frame of a run pushed once, when the first window that reads it runs: validated and normalised once into
+    the model's float32 ring, never again for the next N - 1 windows; frames of windows that live mode skips are
+    never normalised at all. A new run (or model, shape, pixel type) starts a fresh stream, so a window never
+    mixes runs. A model that only denoises whole windows (``denoise_window``: test wrappers, the benchmark's
+    passthrough) gets them from a :class:`WindowBuffer` instead.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = WindowBuffer()
+        self._stream: FrameStreamLike | None = None
+        self._key: tuple[Any, ...] = ()
+        self._run = 0
+
+    def feed(self, model: Any, job: WindowJob) -> Callable[[], np.ndarray]:
+        """Make the job's window ready for ``model`` (push its new frames, or stack it); returns the call that
+        denoises it: an (H, W) array the caller owns."""
+        if not callable(getattr(model, "stream", None)):
+            window = self._buffer.window(job)
+            return lambda: self._owned(np.asarray(model.denoise_window(window)))
+        stream = self._stream_for(model, job)
+        for rec in job.frames:
+            if rec is not None and not stream.holds(rec.index):
+                stream.push(rec.data, rec.index)
+        indices = job.indices
+        return lambda: stream.denoise(indices)
+
+    def _stream_for(self, model: Any, job: WindowJob) -> FrameStreamLike:
+        data = job.center.data
+        key = (model, data.shape, data.dtype)
+        if self._stream is None or key != self._key:
+            self._stream = model.stream(data.shape, data.dtype)
+            self._key, self._run = key, job.run
+        elif job.run != self._run:
+            self._stream.reset()
+            self._run = job.run
+        return self._stream
+
+    def _owned(self, out: np.ndarray) -> np.ndarray:
+        """``out``, copied when it shares the window buffer's memory (the next window overwrites that)."""
+        return np.array(out) if self._buffer.owns(out) else out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -15,12 +16,12 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import ModelCard, NoiseModel, TrainingSummary, load_checkpoint, save_model
 from emlive.core.readers import find_movies, open_movie
-from emlive.train.config import Accelerator, TrainConfig, resolve_precision
+from emlive.train.config import Accelerator, DistillConfig, TrainConfig, resolve_precision
 from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_sources
 from emlive.train.estimate import estimate_config
 from emlive.train.module import DenoiserModule
@@ -50,11 +51,11 @@ class _EpochSetter(Callback):
         self.dataset.set_epoch(trainer.current_epoch)
 
 
-def _precision(cfg: TrainConfig, accelerator: str) -> str:
+def _precision(cfg: TrainConfig | DistillConfig, accelerator: str) -> str:
     return resolve_precision(cfg.optim.precision, accelerator)
 
 
-def _accelerator(cfg: TrainConfig) -> str:
+def select_accelerator(cfg: TrainConfig | DistillConfig) -> str:
     if cfg.optim.accelerator is Accelerator.auto:
         return "gpu" if torch.cuda.is_available() else "cpu"
     if cfg.optim.accelerator is Accelerator.gpu and not torch.cuda.is_available():
@@ -65,7 +66,7 @@ def _accelerator(cfg: TrainConfig) -> str:
     return cfg.optim.accelerator.value
 
 
-def _movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
+def movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
     return [
         {
             "path": str(s.movie.path),
@@ -89,19 +90,11 @@ def _movie_bytes(source: MovieSource) -> int:
     return (source.last - source.first) * h * w * source.movie.dtype.itemsize
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are."""
-    L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
-    run_dir = cfg.output.run_dir(cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(_yaml_dump(cfg))
-    n = cfg.network.frames
-    data = cfg.data
-    train_path = data.train
-    if data.patches.enabled:
-        train_path = prepare_patches(data.train, data.patches, data.gain, run_dir / "patches")
-    gain = None if data.patches.enabled else data.gain
-    size = data.crop_size
+def open_splits(
+    cfg: TrainConfig | DistillConfig, train_path: Path, gain: Path | None
+) -> tuple[list[MovieSource], list[MovieSource]]:
+    """The training and validation movie sources of ``cfg.data`` (validation: ``data.val`` or the last frames)."""
+    data, n, size = cfg.data, cfg.network.frames, cfg.data.crop_size
     if data.val is not None:
         train_sources = open_sources(train_path, gain, n, (0.0, 1.0), data.bin, size)
         val_sources = open_sources(data.val, data.gain, n, (0.0, 1.0), data.bin, min(size, data.val_crop_size))
@@ -112,48 +105,99 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         train_sources = open_sources(train_path, gain, n, (0.0, 1.0), data.bin, size)
         val_sources = []
+    return train_sources, val_sources
+
+
+def _loader_kw(cfg: TrainConfig | DistillConfig) -> dict[str, Any]:
+    return {"num_workers": cfg.optim.num_workers, "persistent_workers": cfg.optim.num_workers > 0}
+
+
+def val_loaders(
+    cfg: TrainConfig | DistillConfig, val_sources: list[MovieSource], make_set: Callable[[int], Dataset[Any]]
+) -> list[DataLoader[Any]]:
+    """Validation loaders: ``make_set(count)`` (loss), and ground-truth PSNR when ``data.clean`` is given."""
+    if not val_sources:
+        return []
+    data, n = cfg.data, cfg.network.frames
+    n_val = max(cfg.optim.batch_size, 4 * len(val_sources) * max(1, sum(s.last - s.first for s in val_sources) // 4))
+    n_val = min(n_val, 64)
+    loaders: list[DataLoader[Any]] = [DataLoader(make_set(n_val), batch_size=cfg.optim.batch_size, **_loader_kw(cfg))]
+    if data.clean is not None:
+        clean_movies = [open_movie(p) for p in find_movies(data.clean)]
+        if len(clean_movies) != len(val_sources):
+            raise ConfigError(
+                f"data.clean={data.clean}: {len(clean_movies)} clean movies for {len(val_sources)} validation "
+                "movies; give one clean movie per noisy movie"
+            )
+        clean_set = CleanWindows(val_sources, clean_movies, n, data.val_crop_size, n_val)
+        loaders.append(DataLoader(clean_set, batch_size=cfg.optim.batch_size, **_loader_kw(cfg)))
+    return loaders
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are."""
+    L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
+    run_dir = cfg.output.run_dir(cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml_dump(cfg))
+    n = cfg.network.frames
+    data = cfg.data
+    train_path = data.train
+    if data.patches.enabled:
+        train_path = prepare_patches(data.train, data.patches, data.gain, run_dir / "patches")
+    gain = None if data.patches.enabled else data.gain
+    size = data.crop_size
+    train_sources, val_sources = open_splits(cfg, train_path, gain)
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
-    accelerator = _accelerator(cfg)
+    accelerator = select_accelerator(cfg)
     estimate_config(cfg, accelerator, n_frames_total, movie_bytes=sum(_movie_bytes(s) for s in train_sources))
     train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
-    loader_kw: dict[str, Any] = {
-        "num_workers": cfg.optim.num_workers,
-        "persistent_workers": cfg.optim.num_workers > 0,
-    }
-    train_loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=False, drop_last=True, **loader_kw)
-    val_loaders: list[DataLoader[Any]] = []
-    if val_sources:
-        n_val = max(
-            cfg.optim.batch_size,
-            4 * len(val_sources) * max(1, sum(s.last - s.first for s in val_sources) // 4),
-        )
-        n_val = min(n_val, 64)
-        val_set = WindowCrops(val_sources, n, data.val_crop_size, n_val, None, seed=999, fixed=True)
-        val_loaders.append(DataLoader(val_set, batch_size=cfg.optim.batch_size, **loader_kw))
-        if data.clean is not None:
-            clean_movies = [open_movie(p) for p in find_movies(data.clean)]
-            if len(clean_movies) != len(val_sources):
-                raise ConfigError(
-                    f"data.clean={data.clean}: {len(clean_movies)} clean movies for {len(val_sources)} validation "
-                    "movies; give one clean movie per noisy movie"
-                )
-            clean_set = CleanWindows(val_sources, clean_movies, n, data.val_crop_size, n_val)
-            val_loaders.append(DataLoader(clean_set, batch_size=cfg.optim.batch_size, **loader_kw))
+    loaders = val_loaders(
+        cfg,
+        val_sources,
+        lambda count: WindowCrops(val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True),
+    )
     card = ModelCard(
         name=cfg.name,
         network=cfg.network,
         gain_reference=str(data.gain) if data.gain else None,
         training=TrainingSummary(
             data=[str(s.movie.path) for s in train_sources],
-            movies=_movie_summary(train_sources),
+            movies=movie_summary(train_sources),
             config_name=cfg.name,
             loss=cfg.optim.loss.value,
         ),
         noise=_noise_model(train_sources[0], cfg),
     )
-    module = DenoiserModule(cfg, card)
-    monitor = "val/loss" if val_loaders else "train/loss_epoch"
+    log.info(
+        "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
+        cfg.name,
+        per_epoch,
+        size,
+        size,
+        n,
+        cfg.network.blind_spot,
+        cfg.network.width,
+        accelerator,
+        _precision(cfg, accelerator),
+    )
+    return fit(cfg, DenoiserModule(cfg, card), train_set, loaders, run_dir, accelerator)
+
+
+def fit(
+    cfg: TrainConfig | DistillConfig,
+    module: DenoiserModule,
+    train_set: WindowCrops,
+    loaders: list[DataLoader[Any]],
+    run_dir: Path,
+    accelerator: str,
+) -> TrainResult:
+    """Run Lightning on ``module`` (progress bar, checkpoints, TensorBoard); write model.pt and model_card.json."""
+    train_loader = DataLoader(
+        train_set, batch_size=cfg.optim.batch_size, shuffle=False, drop_last=True, **_loader_kw(cfg)
+    )
+    monitor = "val/loss" if loaders else "train/loss_epoch"
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch:03d}-loss{" + monitor + ":.5f}",
@@ -186,25 +230,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         enable_model_summary=False,
         deterministic=False,
     )
-    log.info(
-        "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
-        cfg.name,
-        per_epoch,
-        size,
-        size,
-        n,
-        cfg.network.blind_spot,
-        cfg.network.width,
-        accelerator,
-        _precision(cfg, accelerator),
-    )
     t0 = time.perf_counter()
-    trainer.fit(module, train_loader, val_loaders or None, ckpt_path=str(cfg.resume) if cfg.resume else None)
+    trainer.fit(module, train_loader, loaders or None, ckpt_path=str(cfg.resume) if cfg.resume else None)
     seconds = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
     last = Path(ckpt_cb.last_model_path)
     best_score = ckpt_cb.best_model_score
+    card = module.card
     card.training.epochs = trainer.current_epoch
     card.training.steps = trainer.global_step
     card.training.samples = trainer.global_step * cfg.optim.batch_size
@@ -234,5 +267,5 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
-def _yaml_dump(cfg: TrainConfig) -> str:
+def yaml_dump(cfg: TrainConfig | DistillConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

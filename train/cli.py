@@ -44,6 +44,40 @@ def train_command(
     typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")
 
 
+DISTILL_HELP = """Distill a fast student network from a trained blind-spot teacher (emlive train's model).
+
+The student sees the same noisy windows and learns the teacher's denoised output; it may see the pixel it
+predicts, so it can be much smaller and faster than the teacher. CONFIG is a YAML file or the name of a
+shipped distillation config (distill-cpu-live); overrides work as in `emlive train`:
+
+  emlive distill --teacher models/synthetic-small.pt --config distill-cpu-live optim.max_minutes=4
+
+Prints the student's multiply-adds per pixel; writes checkpoints, TensorBoard logs, model.pt and model_card.json
+(which records the teacher) into output.root/output.experiment/output.version.
+"""
+
+
+def distill_command(
+    teacher: Path = typer.Option(..., "--teacher", "-t", help="The trained teacher model (.pt/.ckpt)."),
+    config: str = typer.Option(..., "--config", "-c", help="YAML config file or shipped config name."),
+    overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. optim.max_minutes=4."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the validated config and exit."),
+) -> None:
+    from emlive.train.config import load_distill_config
+    from emlive.train.distill import distill
+
+    cfg = load_distill_config(config, list(overrides or []), teacher=teacher)
+    typer.echo(f"student: {cfg.network.macs_per_pixel() / 1e3:.1f} k multiply-adds per pixel")
+    if print_config:
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return
+    result = distill(cfg)
+    typer.echo(f"best checkpoint: {result.best_checkpoint}")
+    typer.echo(f"model:           {result.model}")
+    typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` to the root app."""
+    """Add ``train`` and ``distill`` to the root app."""
     app.command("train", help=TRAIN_HELP)(train_command)
+    app.command("distill", help=DISTILL_HELP)(distill_command)

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from emlive.core.errors import ConfigError
 from emlive.core.network import NetworkConfig
+from emlive.core.student import StudentConfig
 
 TRAIN_SCHEMA_VERSION = 1
+DISTILL_SCHEMA_VERSION = 1
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -217,8 +219,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Load, override and validate a training config; relative data paths resolve against the working dir."""
+def is_distill_config(raw: dict[str, Any]) -> bool:
+    """A config whose network is a student (``network.kind: student``) is a distillation config."""
+    network = raw.get("network")
+    return isinstance(network, dict) and network.get("kind") == "student"
+
+
+def shipped_configs(distill: bool = False) -> list[Path]:
+    """The shipped training configs (configs/*.yaml), or with ``distill`` the shipped distillation configs."""
+    return [p for p in sorted(CONFIG_DIR.glob("*.yaml")) if is_distill_config(yaml.safe_load(p.read_text())) == distill]
+
+
+def _read_config(name_or_path: str | Path, overrides: list[str] | None) -> tuple[Path, dict[str, Any]]:
+    """The raw, overridden mapping of a config file (or shipped config name) and its path."""
     path = resolve_config_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -227,8 +240,68 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, network, optim, ...)")
     raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, overrides or [])
+    return path, apply_overrides(raw, overrides or [])
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load, override and validate a training config; relative data paths resolve against the working dir."""
+    path, raw = _read_config(name_or_path, overrides)
+    if is_distill_config(raw):
+        raise ConfigError(
+            f"{path}: a distillation config (network.kind: student); run it with "
+            f"`emlive distill --teacher TEACHER.pt --config {path.stem}`"
+        )
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(path))) from exc
+
+
+class DistillConfig(_Strict):
+    """A distillation run (``emlive distill``): a student trained on a teacher's outputs for the same movies.
+
+    The same sections as :class:`TrainConfig` (data, augment, optim, output), a student ``network`` and the
+    ``teacher`` model file (a ``.pt``/``.ckpt``; also given on the command line as ``--teacher``).
+    """
+
+    version: int = DISTILL_SCHEMA_VERSION
+    name: str = "emlive-student"
+    description: str = ""
+    teacher: Path | None = Field(None, description="The trained teacher model (.pt/.ckpt); --teacher sets it.")
+    data: DataConfig
+    network: StudentConfig = Field(default_factory=StudentConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    resume: Path | None = Field(None, description="Checkpoint to resume distillation from.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DistillConfig:
+        m = self.network.pad_multiple
+        for field, size in (("data.crop_size", self.data.crop_size), ("data.val_crop_size", self.data.val_crop_size)):
+            if size % m:
+                raise ValueError(
+                    f"{field}={size}: must be a multiple of {m} (network.unshuffle={self.network.unshuffle}); "
+                    f"try {max(m, size - size % m)}"
+                )
+        if self.data.patches.enabled:
+            raise ValueError("data.patches.enabled=true: distillation reads whole frames; set it to false")
+        if self.version != DISTILL_SCHEMA_VERSION:
+            raise ValueError(f"version={self.version}: this emlive reads distill version {DISTILL_SCHEMA_VERSION}")
+        return self
+
+
+def load_distill_config(
+    name_or_path: str | Path, overrides: list[str] | None = None, teacher: Path | None = None
+) -> DistillConfig:
+    """Load, override and validate a distillation config; ``teacher`` (``--teacher``) replaces the file's."""
+    path, raw = _read_config(name_or_path, overrides)
+    if teacher is not None:
+        raw["teacher"] = str(teacher)
+    try:
+        cfg = DistillConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path))) from exc
+    if cfg.teacher is None:
+        raise ConfigError(f"{path}: no teacher model; pass --teacher TEACHER.pt (a model trained by `emlive train`)")
+    return cfg

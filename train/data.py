@@ -46,21 +46,26 @@ class MovieSource:
         return self.movie.shape[2] // self.bin
 
     def window(self, t: int, y: int, x: int, size: int, n_frames: int) -> np.ndarray:
-        """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels).
+        """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels); see :meth:`region`."""
+        return self.region(t, y, x, (size, size), n_frames)
+
+    def region(self, t: int, y: int, x: int, shape: tuple[int, int], n_frames: int) -> np.ndarray:
+        """The z-scored (N, h, w) crop of the window centred on frame t (binned pixels).
 
         The window is :func:`emlive.core.windows.window_indices` within this split's frames: no neighbour slot
         holds frame t (its noise would reach the input past the blind spot and reward copying); an empty slot
         (a single-frame split) is zeros, the frame mean in normalised units.
         """
         b = self.bin
-        out = np.zeros((n_frames, size, size), dtype=np.float32)
+        h, w = shape
+        out = np.zeros((n_frames, h, w), dtype=np.float32)
         for i, idx in enumerate(window_indices(t - self.first, n_frames, self.last - self.first)):
             if idx is None:
                 continue
             f = idx + self.first
-            crop = np.asarray(self.movie.crop(f, y * b, x * b, size * b, size * b), dtype=np.float32)
+            crop = np.asarray(self.movie.crop(f, y * b, x * b, h * b, w * b), dtype=np.float32)
             if b > 1:
-                crop = crop.reshape(size, b, size, b).sum(axis=(1, 3))
+                crop = crop.reshape(h, b, w, b).sum(axis=(1, 3))
             out[i] = (crop - self.mean[f]) / self.std[f]
         return out
 

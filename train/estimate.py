@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from emlive.core.network import BlindSpotNet, NetworkConfig
-from emlive.train.config import CONFIG_DIR, Accelerator, TrainConfig, load_config, resolve_precision
+from emlive.train.config import Accelerator, TrainConfig, load_config, resolve_precision, shipped_configs
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def check_fit(
 def shipped_alternatives(device: str, train_frames: int) -> list[RunShape]:
     """The shipped configs that can run on ``device`` (GPU-only ones are left out on a CPU), on the same data."""
     shapes = []
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+    for path in shipped_configs():
         cfg = load_config(path)
         if device == "cpu" and cfg.optim.accelerator is Accelerator.gpu:
             continue

@@ -1,4 +1,4 @@
-"""The LightningModule: loss, optimiser, logging. The network itself is the plain ``BlindSpotNet``."""
+"""The LightningModule: loss, optimiser, logging. The network itself is a plain module from the registry."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from emlive.core.metrics import psnr_paper
 from emlive.core.modelcard import CARD_KEY, ModelCard
-from emlive.core.network import BlindSpotNet
-from emlive.train.config import Loss, TrainConfig
+from emlive.core.networks import AnyNetwork, create_network
+from emlive.train.config import DistillConfig, Loss, TrainConfig
 
 
 def self_supervised_loss(kind: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,13 +28,17 @@ def self_supervised_loss(kind: Loss, output: torch.Tensor, target: torch.Tensor)
 
 
 class DenoiserModule(L.LightningModule):
-    """Trains a ``BlindSpotNet`` on (window, noisy center) pairs; stores the model card in every checkpoint."""
+    """Trains a network on (window, target) pairs; stores the model card in every checkpoint.
 
-    def __init__(self, config: TrainConfig, card: ModelCard) -> None:
+    The network is built from ``config.network`` through the registry: a ``BlindSpotNet`` trained on the noisy
+    center frame (``emlive train``), or a student trained on its teacher's output (``emlive distill``).
+    """
+
+    def __init__(self, config: TrainConfig | DistillConfig, card: ModelCard) -> None:
         super().__init__()
         self.config = config
         self.card = card
-        self.net = BlindSpotNet(config.network)
+        self.net: AnyNetwork = create_network(config.network)  # type: ignore[assignment]
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self._t0 = 0.0
         self._samples = 0

@@ -123,6 +123,47 @@ def test_movie_reads_each_frame_once_and_uses_leak_free_windows(small, window, l
     assert len({id(f) for f in frames}) == len(frames), "every yielded frame is a new array"
 
 
+def test_frame_stream_normalises_each_frame_once_and_equals_window_denoising(small_cpu, window) -> None:
+    den = small_cpu
+    data = window(9, 24, 30, seed=8).astype(np.uint16)
+    stream = den.stream((24, 30), np.uint16)
+    for t in range(len(data)):  # live order: frame t + 2 arrives, then the window of center t runs
+        stream.push(data[t])
+        center = t - 2
+        if center >= 0:
+            indices = window_indices(center, 5, t + 1)
+            ref = den.denoise_window(stack_window(data, indices))
+            np.testing.assert_array_equal(stream.denoise(indices), ref)  # bit for bit
+    for center in range(len(data) - 2, len(data)):  # the end of the run: mirrored windows from the same ring
+        indices = window_indices(center, 5, len(data))
+        np.testing.assert_array_equal(stream.denoise(indices), den.denoise_window(stack_window(data, indices)))
+    assert stream.normalised == len(data)
+    with pytest.raises(InputDataError, match=r"frame 3 is not in the stream .*push every frame of a window"):
+        stream.denoise([3, 4, 5, 6, 7])
+    with pytest.raises(InputDataError, match=r"frame 9 has shape \(24, 29\), this stream takes 24x30 frames"):
+        stream.push(data[0][:, :29])
+    with pytest.raises(InputDataError, match=r"frame 9 has dtype float32, this stream takes uint16 frames"):
+        stream.push(data[0].astype(np.float32))
+    with pytest.raises(InputDataError, match=r"needs 5 frame indices with a frame at the center"):
+        stream.denoise([5, 6, None, 7, 8])
+    stream.reset()
+    assert not stream.holds(8)
+    one = den.stream((24, 30))  # a single-frame run: empty slots are zeros, as in stack_window
+    one.push(data[0], 0)
+    np.testing.assert_array_equal(
+        one.denoise([None, None, 0, None, None]), den.denoise_window(stack_window(data, [None, None, 0, None, None]))
+    )
+
+
+def test_movie_equals_window_denoising_bit_for_bit(small_cpu, window) -> None:
+    data = window(7, 20, 22, seed=9)
+    for t, frame in small_cpu.denoise_movie(data):
+        ref = small_cpu.denoise_window(stack_window(data, window_indices(t, 5, len(data))))
+        np.testing.assert_array_equal(frame, ref)
+    mixed = [data[0], data[1].astype(np.float32), data[2].astype(np.int32)]  # each frame's type on its own
+    assert [t for t, _ in small_cpu.denoise_movie(mixed)] == [0, 1, 2]
+
+
 def test_movie_from_a_plain_array_and_bad_ranges(small, window) -> None:
     den = Denoiser.load(small.onnx)
     data = window(6, 16, 16, dtype=np.uint8)

@@ -186,6 +186,10 @@ def test_errors_are_logged_once_per_kind_then_summarised(caplog: pytest.LogCaptu
 
 
 def test_memory_budget_sizes_and_their_errors() -> None:
+    auto = parse_bytes("auto")
+    assert 1 << 30 <= auto <= 16 << 30
+    if auto >= 4 << 30:  # machines with >= 16 GB: the default takes a 4096 x 4096 (and a 5760 x 4092) camera
+        assert MemoryBudget(auto).frame_problem((4092, 5760), 2, 5) is None
     assert parse_bytes("512MiB") == 512 << 20 and parse_bytes("1.5 GB") == 1_500_000_000 and parse_bytes("4096") == 4096
     for bad in ("lots", "12 parsecs", "-1GiB", ""):
         with pytest.raises(ConfigError, match=r"e\.g\. 512MiB"):

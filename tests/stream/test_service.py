@@ -112,6 +112,40 @@ def test_live_output_equals_offline_output(
 
 
 @pytest.mark.timeout(60)
+def test_each_received_frame_is_normalised_once(
+    denoiser: Any,
+    movie: np.ndarray,
+    service: Collect,
+    detector: Collect,
+    subscribe: Collect,
+    until_end: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model's streaming API: a frame is z-scored once when it enters the ring, not once per window that
+    reads it (N times). Every call of the runtime's normalisation is recorded with the frame it normalised."""
+    import emlive.export.runtime as runtime
+
+    by_content = {frame.tobytes(): i for i, frame in enumerate(movie)}
+    calls: list[int | None] = []
+    real = runtime.normalize_into
+
+    def counting(frame: np.ndarray, mean: float, std: float, out: np.ndarray) -> None:
+        calls.append(by_content.get(np.ascontiguousarray(frame).tobytes()))  # None: a warm-up's blank frame
+        real(frame, mean, std, out)
+
+    monkeypatch.setattr(runtime, "normalize_into", counting)
+    det = detector(movie, mode="push", fps=0, acquisition="once")
+    svc = service(denoiser, input=det.endpoint, input_mode="pull", lossless=True)
+    sub = subscribe(svc.endpoints["output"])
+    assert svc.wait_for_subscribers(1, 10)
+    det.start()
+    den = _frames(sub.collect(until_end))
+    assert [m.header.index for m in den] == list(range(len(movie)))
+    normalised = sorted(i for i in calls if i is not None)
+    assert normalised == list(range(len(movie))), f"frames normalised {normalised}"
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("length", [1, 2, 3, 4])
 def test_short_runs_live_equal_offline_and_never_feed_the_center_twice(
     length: int,

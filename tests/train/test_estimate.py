@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from emlive.train.config import CONFIG_DIR, load_config
+from emlive.train.config import load_config, shipped_configs
 from emlive.train.estimate import Machine, estimate, estimate_config, planned_steps, run_shape
 
 GiB = 2**30
@@ -16,7 +16,7 @@ TRAIN_FRAMES = 200  # a movie of 200 frames
 # Seconds per pixel of a forward+backward pass by network width, as timed on a 2-core CPU (one thread, 64 x 64
 # probe): fixed here so that the checks do not depend on the load of the machine running them.
 RATE_BY_WIDTH = {8: 6e-6, 16: 15e-6, 32: 40e-6, 64: 125e-6}
-STEP_RATES = {p.stem: RATE_BY_WIDTH[load_config(p).network.width] for p in CONFIG_DIR.glob("*.yaml")}
+STEP_RATES = {p.stem: RATE_BY_WIDTH[load_config(p).network.width] for p in shipped_configs()}
 SMALL_CPU = Machine("cpu", 8_000_000_000)
 
 

@@ -28,12 +28,12 @@ from emlive.core.readers import open_movie
 from emlive.core.simulate import SimulationConfig, simulate_movie
 from emlive.core.writers import write_movie
 from emlive.train.api import train
-from emlive.train.config import CONFIG_DIR, Accelerator, TrainConfig, load_config
+from emlive.train.config import Accelerator, TrainConfig, load_config, shipped_configs
 from emlive.train.estimate import estimate, run_shape
 
 log = logging.getLogger(__name__)
 
-SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+SHIPPED = shipped_configs()  # training configs; the distillation configs are covered by tests/train/test_distill.py
 SIZE = 32  # px: the tiny movie's frames, and the training crop
 FRAMES = 20
 MAX_STEP_SECONDS = 20.0
