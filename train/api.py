@@ -66,6 +66,25 @@ def select_accelerator(cfg: TrainConfig | DistillConfig) -> str:
     return cfg.optim.accelerator.value
 
 
+def training_card(
+    cfg: TrainConfig | DistillConfig, train_sources: list[MovieSource], loss: str, **extra: Any
+) -> ModelCard:
+    """The model card of a run (training or distillation): network, gain reference, training data; ``extra``
+    adds the noise model, the teacher, ..."""
+    return ModelCard(
+        name=cfg.name,
+        network=cfg.network,
+        gain_reference=str(cfg.data.gain) if cfg.data.gain else None,
+        training=TrainingSummary(
+            data=[str(s.movie.path) for s in train_sources],
+            movies=movie_summary(train_sources),
+            config_name=cfg.name,
+            loss=loss,
+        ),
+        **extra,
+    )
+
+
 def movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
     return [
         {
@@ -158,18 +177,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         val_sources,
         lambda count: WindowCrops(val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True),
     )
-    card = ModelCard(
-        name=cfg.name,
-        network=cfg.network,
-        gain_reference=str(data.gain) if data.gain else None,
-        training=TrainingSummary(
-            data=[str(s.movie.path) for s in train_sources],
-            movies=movie_summary(train_sources),
-            config_name=cfg.name,
-            loss=cfg.optim.loss.value,
-        ),
-        noise=_noise_model(train_sources[0], cfg),
-    )
+    card = training_card(cfg, train_sources, cfg.optim.loss.value, noise=_noise_model(train_sources[0], cfg))
     log.info(
         "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
         cfg.name,

@@ -24,9 +24,17 @@ import torch
 from tqdm import tqdm
 
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, TeacherInfo, TrainingSummary, load_checkpoint
+from emlive.core.modelcard import ModelCard, TeacherInfo, load_checkpoint
 from emlive.core.networks import AnyNetwork
-from emlive.train.api import TrainResult, fit, movie_summary, open_splits, select_accelerator, val_loaders, yaml_dump
+from emlive.train.api import (
+    TrainResult,
+    fit,
+    open_splits,
+    select_accelerator,
+    training_card,
+    val_loaders,
+    yaml_dump,
+)
 from emlive.train.config import AugmentConfig, DistillConfig
 from emlive.train.data import MovieSource, WindowCrops
 from emlive.train.module import DenoiserModule
@@ -141,16 +149,10 @@ def distill(cfg: DistillConfig) -> TrainResult:
         lambda count: TeacherCrops(val_sources, val_targets, n, data.val_crop_size, count, None, seed=999, fixed=True),
     )
     assert cfg.teacher is not None
-    card = ModelCard(
-        name=cfg.name,
-        network=cfg.network,
-        gain_reference=str(data.gain) if data.gain else None,
-        training=TrainingSummary(
-            data=[str(s.movie.path) for s in train_sources],
-            movies=movie_summary(train_sources),
-            config_name=cfg.name,
-            loss=f"{cfg.optim.loss.value} to the teacher's output",
-        ),
+    card = training_card(
+        cfg,
+        train_sources,
+        f"{cfg.optim.loss.value} to the teacher's output",
         noise=teacher_card.noise,
         teacher=_teacher_info(cfg.teacher, teacher_card),
     )
