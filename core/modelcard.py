@@ -82,6 +82,7 @@ class TeacherInfo(BaseModel):
     blind_spot: tuple[int, int] = Field(description="The teacher's blind spot (h, w).")
     network: dict[str, Any] = Field(default_factory=dict, description="The teacher's network section.")
     noise: NoiseModel | None = Field(None, description="The teacher's noise model, when its card has one.")
+    ensemble: str = Field("none", description="The teacher's self-ensemble for the targets (none, flips, dihedral).")
 
 
 class ModelCard(BaseModel):

@@ -52,13 +52,21 @@ shipped distillation config (distill-cpu-live); overrides work as in `emlive tra
 
   emlive distill --teacher models/synthetic-small.pt --config distill-cpu-live optim.max_minutes=4
 
+teacher_ensemble=dihedral (the shipped config's choice) averages the teacher over 8 flips and rotations for
+better targets (8 teacher passes per frame); targets=clean trains the same student on data.clean instead (the
+supervised oracle, no teacher), the bound a quality table compares the self-supervised student with:
+
+  emlive distill --config distill-cpu-live targets=clean
+
 Prints the student's multiply-adds per pixel; writes checkpoints, TensorBoard logs, model.pt and model_card.json
 (which records the teacher) into output.root/output.experiment/output.version.
 """
 
 
 def distill_command(
-    teacher: Path = typer.Option(..., "--teacher", "-t", help="The trained teacher model (.pt/.ckpt)."),
+    teacher: Path | None = typer.Option(
+        None, "--teacher", "-t", help="The trained teacher model (.pt/.ckpt); not needed with targets=clean."
+    ),
     config: str = typer.Option(..., "--config", "-c", help="YAML config file or shipped config name."),
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. optim.max_minutes=4."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the validated config and exit."),

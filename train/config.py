@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from emlive.core.ensemble import Ensemble
 from emlive.core.errors import ConfigError
 from emlive.core.network import NetworkConfig
 from emlive.core.student import StudentConfig
@@ -30,6 +31,14 @@ class Loss(str, Enum):
     l1 = "l1"
     smooth_l1 = "smooth_l1"
     charbonnier = "charbonnier"
+
+
+class DistillTargets(str, Enum):
+    """What a distilled student learns to output: the ``teacher``'s denoised frames (self-supervised), or the
+    ``clean`` ground truth of ``data.clean`` (the supervised oracle: the bound self-supervision is measured against)."""
+
+    teacher = "teacher"
+    clean = "clean"
 
 
 class Precision(str, Enum):
@@ -268,6 +277,13 @@ class DistillConfig(_Strict):
     name: str = "emlive-student"
     description: str = ""
     teacher: Path | None = Field(None, description="The trained teacher model (.pt/.ckpt); --teacher sets it.")
+    targets: DistillTargets = Field(
+        DistillTargets.teacher, description="teacher: its outputs (self-supervised); clean: data.clean (oracle)."
+    )
+    teacher_ensemble: Ensemble = Field(
+        Ensemble.none,
+        description="Average the teacher over flips (4 passes) or flips and rotations (dihedral, 8) for the targets.",
+    )
     data: DataConfig
     network: StudentConfig = Field(default_factory=StudentConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -288,6 +304,8 @@ class DistillConfig(_Strict):
             raise ValueError("data.patches.enabled=true: distillation reads whole frames; set it to false")
         if self.version != DISTILL_SCHEMA_VERSION:
             raise ValueError(f"version={self.version}: this emlive reads distill version {DISTILL_SCHEMA_VERSION}")
+        if self.targets is DistillTargets.clean and self.data.clean is None:
+            raise ValueError("targets=clean trains on the ground truth: set data.clean to the clean movie(s)")
         return self
 
 
@@ -302,6 +320,6 @@ def load_distill_config(
         cfg = DistillConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(path))) from exc
-    if cfg.teacher is None:
+    if cfg.teacher is None and cfg.targets is DistillTargets.teacher:
         raise ConfigError(f"{path}: no teacher model; pass --teacher TEACHER.pt (a model trained by `emlive train`)")
     return cfg

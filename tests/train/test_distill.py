@@ -175,3 +175,87 @@ def test_distill_command_prints_macs(movie: Path, teacher: Path, tmp_path: Path)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "k multiply-adds per pixel" in proc.stdout and '"kind": "student"' in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_teacher_ensemble_targets_average_the_undone_transforms(movie: Path, teacher: Path, tmp_path: Path) -> None:
+    from emlive.core.ensemble import Ensemble
+    from emlive.export.runtime import Denoiser
+    from emlive.train.api import open_splits
+    from emlive.train.distill import teacher_targets
+
+    cfg = load_distill_config("distill-cpu-live", [f"data.train={movie / 'noisy.tif'}", *TINY], teacher=teacher)
+    assert cfg.teacher_ensemble is Ensemble.dihedral  # the shipped config's choice
+    sources, _ = open_splits(cfg, cfg.data.train, None)
+    net, card = load_checkpoint(teacher)
+    den = Denoiser.from_network(net, card, backend="torch_cpu")
+    one = teacher_targets(den, sources[0], tmp_path / "one.npy", 5, Ensemble.none)
+    eight = teacher_targets(den, sources[0], tmp_path / "eight.npy", 5, Ensemble.dihedral)
+    window = torch.from_numpy(sources[0].region(sources[0].first + 4, 0, 0, (48, 56), 5))
+    passes = []
+    for turns in (0, 1):
+        for dims in ((), (2,), (1,), (1, 2)):
+            x = torch.rot90(torch.flip(window, dims) if dims else window, turns, (1, 2))
+            y = torch.rot90(net(x[None].contiguous())[0, 0].detach(), -turns, (0, 1))
+            passes.append(torch.flip(y, [d - 1 for d in dims]) if dims else y)
+    expected = torch.stack(passes).mean(0).numpy()
+    np.testing.assert_allclose(eight[4], expected, atol=1e-4)
+    assert np.abs(eight[4] - one[4]).max() > 1e-3  # the ensemble is not the single pass
+
+
+@pytest.mark.timeout(240)
+def test_oracle_student_learns_the_clean_frames_without_a_teacher(movie: Path, tmp_path: Path) -> None:
+    from emlive.train.api import open_splits
+    from emlive.train.distill import clean_targets
+
+    over = [f"data.train={movie / 'noisy.tif'}", f"data.clean={movie / 'clean.tif'}", f"output.root={tmp_path}"]
+    cfg = load_distill_config("distill-cpu-live", [*over, "targets=clean", *TINY])
+    assert cfg.teacher is None
+    sources, _ = open_splits(cfg, cfg.data.train, None)
+    src = sources[0]
+    with open_movie(movie / "clean.tif") as clean:
+        z = clean_targets(src, clean, tmp_path / "z.npy")
+        t = src.first + 3
+        np.testing.assert_allclose(z[3] * src.std[t] + src.mean[t], clean[t], rtol=1e-4, atol=1e-3)
+    model = distill(cfg).model
+    net, card = load_checkpoint(model)
+    assert isinstance(net, StudentNet) and card.teacher is None and "clean frames" in (card.training.loss or "")
+    with pytest.raises(ConfigError, match="targets=clean trains on the ground truth: set data.clean"):
+        load_distill_config(
+            "distill-cpu-live", [f"data.train={movie / 'noisy.tif'}", "data.clean=null", "targets=clean"]
+        )
+
+
+@pytest.mark.timeout(60)
+def test_dihedral_ensemble_is_refused_for_an_anisotropic_teacher() -> None:
+    from emlive.core.ensemble import Ensemble, ensemble_for
+
+    assert ensemble_for(Ensemble.dihedral, (3, 3), [[0.1, 0.2, 0.1], [0.2, 1, 0.2], [0.1, 0.2, 0.1]]).passes == 8
+    assert ensemble_for(Ensemble.flips, (1, 3), None).passes == 4
+    with pytest.raises(ConfigError, match=r"blind spot \[1, 3\].*use ensemble=flips"):
+        ensemble_for(Ensemble.dihedral, (1, 3), None)
+    with pytest.raises(ConfigError, match="noise correlation"):
+        ensemble_for(Ensemble.dihedral, (1, 1), [[0, 0, 0], [0.4, 1, 0.4], [0, 0, 0]])
+
+
+@pytest.mark.timeout(120)
+def test_teacher_targets_are_reused_only_for_the_same_teacher_movie_and_ensemble(
+    movie: Path, teacher: Path, tmp_path: Path
+) -> None:
+    from emlive.core.ensemble import Ensemble
+    from emlive.export.runtime import Denoiser
+    from emlive.train.api import open_splits
+    from emlive.train.distill import _targets_key, teacher_targets
+
+    cfg = load_distill_config("distill-cpu-live", [f"data.train={movie / 'noisy.tif'}", *TINY], teacher=teacher)
+    src = open_splits(cfg, cfg.data.train, None)[0][0]
+    net, card = load_checkpoint(teacher)
+    den = Denoiser.from_network(net, card, backend="torch_cpu")
+    path = tmp_path / "targets.npy"
+    first = np.array(teacher_targets(den, src, path, 5, Ensemble.none, _targets_key(teacher, src, 5, Ensemble.none)))
+    stamp = path.stat().st_mtime_ns
+    again = teacher_targets(den, src, path, 5, Ensemble.none, _targets_key(teacher, src, 5, Ensemble.none))
+    assert path.stat().st_mtime_ns == stamp and np.array_equal(again, first)  # reused, not recomputed
+    flips = teacher_targets(den, src, path, 5, Ensemble.flips, _targets_key(teacher, src, 5, Ensemble.flips))
+    assert not np.allclose(flips, first)  # another ensemble: recomputed
+    assert json.loads(path.with_suffix(".json").read_text())["ensemble"] == "flips"
