@@ -65,20 +65,31 @@ def demo(
     source: str = typer.Option(
         "synthetic", "--source", "-s", help="Movie file/folder to stream, or 'synthetic' (env DEMO_SOURCE in make)."
     ),
-    fps: float = typer.Option(
-        10.0, "--fps", help="Detector frame rate; the service skips what it cannot keep up with."
+    fps: float | None = typer.Option(
+        None,
+        "--fps",
+        help="Detector frame rate (default: 25, a camera's); the service skips what it cannot keep up with.",
     ),
     size: int = typer.Option(512, "--size", help="Synthetic frame size (pixels)."),
     port: int = typer.Option(8000, "--port", "-p", help="Port of the viewer page (0: any free port)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for inference (default: the CPUs less one, for the viewer and browser)."
+    ),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
 ) -> None:
     """The live demo: a simulated detector streams an in-situ movie, `emlive serve` denoises it with the shipped
-    model and `emlive view` shows raw and denoised frames side by side in your browser. Ctrl-C (or SIGTERM, SIGHUP)
-    stops all three; if one of them stops, the demo stops the others and exits with code 2."""
-    from emlive.demo import LiveDemo, default_model, run_live_demo
+    CPU-live student model and `emlive view` shows raw and denoised frames side by side in your browser. Ctrl-C
+    (or SIGTERM, SIGHUP) stops all three; if one of them stops, the demo stops the others and exits with code 2."""
+    from emlive.demo import DEMO_FPS, LiveDemo, default_model, run_live_demo
 
-    live = LiveDemo(model or default_model(), source=source, fps=fps, size=size, port=port, threads=threads)
+    live = LiveDemo(
+        model or default_model(),
+        source=source,
+        fps=DEMO_FPS if fps is None else fps,
+        size=size,
+        port=port,
+        threads=threads,
+    )
     run_live_demo(
         live, duration, lambda url: typer.echo(f"\n  emlive live demo: open {url} in a browser (Ctrl-C stops)\n")
     )
@@ -105,7 +116,15 @@ def demo_offline(
 
 @app.command("bench-quality")
 def bench_quality(
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.ckpt/.pt) or exported model (.onnx)."),
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model to score, repeatable: PATH or LABEL=PATH (checkpoint or .onnx), optionally ending in @flips or "
+        "@dihedral (a self-ensemble of 4 or 8 flips/rotations), e.g. "
+        "-m 'teacher x8=models/synthetic-small.pt@dihedral'. Rows are labelled by LABEL or the card's name. "
+        "Default: -m teacher=models/synthetic-small.pt -m student=models/cpu-live-student.pt.",
+    ),
     out: Path = typer.Option(Path("bench_out/quality"), "--out", "-o", help="Folder for quality.json/.png."),
     size: int = typer.Option(512, help="Frame size of the held-out simulated movie."),
     frames: int = typer.Option(64, help="Frames of the held-out movie."),
@@ -114,21 +133,22 @@ def bench_quality(
     eval_frames: int = typer.Option(8, help="Frames scored (BM3D is slow: about 10 s per 512x512 frame)."),
     no_bm3d: bool = typer.Option(False, "--no-bm3d", help="Skip BM3D."),
     seed: int = typer.Option(1001, help="Simulation seed; use one the model was not trained on."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend of every model (default: auto)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads; default: physical cores."),
 ) -> None:
-    """Score the model against raw, 5-frame average, oracle Gaussian and BM3D on a held-out simulated movie
-    with known ground truth (paper PSNR/SSIM and fixed-range variants). Writes quality.json and quality.png."""
-    from emlive.bench.quality import run_quality_benchmark
+    """Score each model (default: the shipped teacher and CPU-live student) against raw, 5-frame average, oracle
+    Gaussian and BM3D on a held-out simulated movie with known ground truth, one row each (paper PSNR/SSIM,
+    fixed-range variants, Pearson r with the truth). Writes quality.json (per-frame values too) and quality.png."""
+    from emlive.bench.model_specs import parse_model_specs
+    from emlive.bench.quality import format_table, run_quality_benchmark
     from emlive.core.simulate import CorrelatedNoise
 
+    specs = parse_model_specs(model or None)
     rows = run_quality_benchmark(
-        model, out, size, frames, dose, CorrelatedNoise(correlated), eval_frames, not no_bm3d, seed
+        specs, out, size, frames, dose, CorrelatedNoise(correlated), eval_frames, not no_bm3d, seed, backend, threads
     )
-    typer.echo(f"{'method':<40} {'PSNR':>7} {'SSIM':>7} {'PSNRfix':>8} {'SSIMfix':>8} {'s/frame':>8}")
-    for r in rows:
-        typer.echo(
-            f"{r.method:<40} {r.psnr:>7.2f} {r.ssim:>7.4f} {r.psnr_fixed:>8.2f} {r.ssim_fixed:>8.4f} "
-            f"{r.seconds_per_frame:>8.3f}"
-        )
+    for line in format_table(rows):
+        typer.echo(line)
 
 
 def main() -> None:

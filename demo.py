@@ -8,13 +8,16 @@ best Gaussian filter and the trained model against the simulator's ground truth,
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,17 +134,60 @@ def run_offline_demo(
     return scores
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "synthetic-live.pt"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "cpu-live-student.pt"
+DEMO_FPS = 25.0  # a camera-like rate; the service skips what it cannot keep up with
+DEMO_SOURCE_FRAMES = 64
 
 
 def default_model() -> Path:
-    """The model shipped with emlive (trained by the project on its own synthetic movies; models/README.md)."""
+    """The live demo's model: the CPU-live student shipped with emlive (distilled by the project from its own
+    blind-spot teacher on synthetic movies; models/README.md)."""
     if not DEFAULT_MODEL.is_file():
         raise EmliveError(
             f"{DEFAULT_MODEL}: the shipped default model is missing from this installation; "
             "pass --model PATH or reinstall emlive"
         )
     return DEFAULT_MODEL
+
+
+def demo_service_threads() -> int:
+    """The service's inference threads in the demo: the CPUs this process may use, less one for the viewer and
+    the browser (at least one). Measured with ``python -m emlive.bench.demo_bench`` on 2 shared cores: one
+    thread denoised as many frames as two (10.8 vs 10.9 frames/s, load average 6-7) for 0.52 instead of 0.82 of
+    a core (ONNX Runtime's second thread spins while it waits), which the viewer and Chromium need."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def cache_root() -> Path:
+    """Where emlive keeps files it can rebuild: ``$EMLIVE_CACHE_DIR`` or ``~/.cache/emlive`` (the same root as
+    :func:`emlive.export.tensorrt.cache_dir`)."""
+    return Path(os.environ.get("EMLIVE_CACHE_DIR") or Path.home() / ".cache" / "emlive")
+
+
+def synthetic_demo_movie(size: int, frames: int = DEMO_SOURCE_FRAMES, seed: int = 0) -> Path:
+    """The demo's synthetic movie as a TIFF in the cache (made once, about 3 s at 512 px; then read in 0.01 ms per
+    frame). The detector simulator computes a synthetic frame in 30-45 ms of CPU at 512 px: at 25 frames/s that
+    alone took 0.6-1 of the 2 cores the demo shares with the service, the viewer and the browser."""
+    from emlive import __version__
+    from emlive.core.simulate import SimulationConfig, SyntheticMovie
+    from emlive.core.writers import write_movie
+
+    sim = SimulationConfig(height=size, width=size, frames=frames, dose=5.0, seed=seed)
+    key = hashlib.sha256(f"{__version__}|{sim.model_dump_json()}".encode()).hexdigest()[:16]
+    path = cache_root() / "demo" / f"synthetic-{size}px-{frames}f-{key}.tif"
+    if path.is_file():
+        return path
+    t0 = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    movie = SyntheticMovie(sim)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.tif")
+    try:
+        write_movie(partial, np.stack([np.asarray(movie.frame(t)) for t in range(frames)]), movie.pixel_size_nm)
+        partial.replace(path)  # atomic: a concurrent demo sees the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("made the demo's synthetic movie %s in %.1f s (kept for the next demos)", path, time.perf_counter() - t0)
+    return path
 
 
 def read_line_with_prefix(proc: subprocess.Popen[bytes], prefix: str, what: str, timeout: float = 60.0) -> str:
@@ -176,53 +222,71 @@ def read_line_with_prefix(proc: subprocess.Popen[bytes], prefix: str, what: str,
 class LiveDemo:
     """Detector simulator -> denoising service -> viewer, as three processes (three GILs on a small CPU).
 
-    The processes are supervised (:class:`emlive.core.processes.ChildProcesses`): each runs in its own process
-    group and is told to receive SIGTERM if the demo dies (even by SIGKILL); :meth:`stop` sends SIGTERM, waits
-    10 s, then kills. Each child only starts threads (no processes of its own)."""
+    The three start at once and meet on ZeroMQ ``ipc://`` addresses the demo names in a private folder (ZeroMQ
+    connects before the other side binds and retries), so the start takes as long as the slowest of them (the
+    service: imports, model load, warm-up), not the sum. The processes are supervised
+    (:class:`emlive.core.processes.ChildProcesses`): each runs in its own process group and is told to receive
+    SIGTERM if the demo dies (even by SIGKILL); :meth:`stop` sends SIGTERM, waits 10 s, then kills. Each child only
+    starts threads (no processes of its own).
+
+    ``threads`` is the service's inference threads (None: :func:`demo_service_threads`). ``milestones``
+    holds the wall-clock time (``time.time()``) at which :meth:`start` began and each process was ready."""
 
     model: Path
     source: str = "synthetic"
-    fps: float = 10.0
+    fps: float = DEMO_FPS
     size: int = 512
     port: int = 8000
     threads: int | None = None
+    status_interval: float = 10.0
     children: ChildProcesses = field(default_factory=lambda: ChildProcesses("demo"))
     url: str = ""
+    endpoints: dict[str, str] = field(default_factory=dict)
+    milestones: dict[str, float] = field(default_factory=dict)
+    _links: Path | None = None
 
-    def start(self) -> str:
-        """Start the three processes; returns the viewer's URL. If one fails, the others are stopped."""
+    def start(self, on_url: Callable[[str], None] | None = None) -> str:
+        """Start the three processes; returns the viewer's URL once all three are ready. ``on_url`` gets the URL as
+        soon as the viewer serves it (a page opened then shows the first frame the moment the service has one;
+        the service, which loads the model, is usually the last one ready). If one fails, the others are stopped.
+        """
+        self.milestones["start"] = time.time()
         missing = [name for name in ("aiohttp", "PIL") if importlib.util.find_spec(name) is None]
         if missing:
             raise EmliveError(f"the live demo's viewer needs {', '.join(missing)}: pip install 'emlive[viewer]'")
         try:
-            endpoint = self._start_detector()
-            endpoints = self._start_service(endpoint)
-            self.url = self._start_viewer(endpoints)
+            self._links = Path(tempfile.mkdtemp(prefix="emlive-demo-", dir="/tmp"))  # short: ipc paths < 108 bytes
+            links = {name: f"ipc://{self._links / name}" for name in ("detector", "output", "status")}
+            service = self._spawn("service", self._service_args(links))
+            viewer = self._spawn("viewer", self._viewer_args(links))
+            detector = self._spawn("detector", self._detector_args(links))  # after the movie is made (once)
+            line = read_line_with_prefix(viewer, "emlive viewer:", "demo's viewer")
+            self.url = line.split(":", 1)[1].strip()
+            self.milestones["viewer_ready"] = time.time()
+            if on_url is not None:
+                on_url(self.url)
+            self.endpoints["detector"] = json.loads(read_line_with_prefix(detector, "{", "demo's detector"))["endpoint"]
+            self.milestones["detector_ready"] = time.time()
+            self.endpoints.update(json.loads(read_line_with_prefix(service, "{", "demo's service"))["endpoints"])
+            self.milestones["service_ready"] = time.time()
         except BaseException:
             self.stop()
             raise
         return self.url
 
-    def _start_detector(self) -> str:
-        args = ["--source", self.source, "--fps", str(self.fps), "--output", "tcp://127.0.0.1:0"]
-        det = self._spawn("detector", [*args, "--mode", "push", "--loop", "--size", str(self.size)])
-        endpoint: str = json.loads(read_line_with_prefix(det, "{", "demo's detector"))["endpoint"]
-        return endpoint
+    def _detector_args(self, links: dict[str, str]) -> list[str]:
+        source = str(synthetic_demo_movie(self.size)) if self.source == "synthetic" else self.source
+        args = ["--source", source, "--fps", str(self.fps), "--output", links["detector"]]
+        return [*args, "--mode", "push", "--loop", "--size", str(self.size)]
 
-    def _start_service(self, detector: str) -> dict[str, str]:
-        args = ["--model", str(self.model), "--input", detector, "--input-mode", "pull"]
-        args += ["--output", "tcp://127.0.0.1:0", "--status", "tcp://127.0.0.1:0"]
-        args += ["--publish-raw", "--status-interval", "10"]
-        if self.threads:
-            args += ["--threads", str(self.threads)]
-        srv = self._spawn("service", args)
-        endpoints: dict[str, str] = json.loads(read_line_with_prefix(srv, "{", "demo's service"))["endpoints"]
-        return endpoints
+    def _service_args(self, links: dict[str, str]) -> list[str]:
+        args = ["--model", str(self.model), "--input", links["detector"], "--input-mode", "pull"]
+        args += ["--output", links["output"], "--status", links["status"]]
+        args += ["--publish-raw", "--status-interval", str(self.status_interval)]
+        return [*args, "--threads", str(self.threads or demo_service_threads())]
 
-    def _start_viewer(self, endpoints: dict[str, str]) -> str:
-        args = ["--source", endpoints["output"], "--status", endpoints["status"], "--port", str(self.port)]
-        view = self._spawn("viewer", args)
-        return read_line_with_prefix(view, "emlive viewer:", "demo's viewer").split(":", 1)[1].strip()
+    def _viewer_args(self, links: dict[str, str]) -> list[str]:
+        return ["--source", links["output"], "--status", links["status"], "--port", str(self.port)]
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         command = {"detector": "detector", "service": "serve", "viewer": "view"}[name]
@@ -238,8 +302,12 @@ class LiveDemo:
         self.children.wait(duration, interval=0.5)
 
     def stop(self) -> None:
-        """SIGTERM every process group (clean shutdown), then kill what is still running after 10 s."""
+        """SIGTERM every process group (clean shutdown), then kill what is still running after 10 s; remove the
+        folder of the ``ipc://`` addresses."""
         self.children.stop()
+        if self._links is not None:
+            shutil.rmtree(self._links, ignore_errors=True)
+            self._links = None
 
 
 def run_live_demo(demo: LiveDemo, duration: float | None, announce: Callable[[str], None]) -> None:
@@ -249,7 +317,7 @@ def run_live_demo(demo: LiveDemo, duration: float | None, announce: Callable[[st
     :class:`~emlive.core.processes.ChildExitedError` (exit code 2 from the CLI); a signal is a normal stop."""
     with stop_on_signals() as signals:
         try:
-            announce(demo.start())
+            demo.start(on_url=announce)
             demo.wait(duration)
         except StopSignal as stop:
             log.info("%s received: stopping the demo", stop.name)

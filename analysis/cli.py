@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from emlive.export.backendnames import backend_help
+
 if TYPE_CHECKING:
     from emlive.analysis.noise_stats import NoiseEstimate
 
@@ -236,10 +238,7 @@ def denoise_command(
     backend: str = typer.Option(
         "auto",
         "--backend",
-        help=(
-            "auto (the runtime picks TensorRT > CUDA > CPU), tensorrt, onnx_tensorrt, onnx_cuda, onnx_cpu, "
-            "torch_cuda or torch_cpu."
-        ),
+        help=backend_help("Inference backend:"),
     ),
     tile: int | None = typer.Option(
         None, "--tile", min=1, help="Tile size (px) for large frames; default: the runtime's choice."

@@ -98,6 +98,20 @@ class NetworkConfig(BaseModel):
         """See :func:`receptive_radius`."""
         return receptive_radius(self)
 
+    def macs_per_pixel(self) -> float:
+        """Multiply-accumulates per output pixel, from the layer sizes (the tests check it against the hook count
+        of :func:`macs_per_pixel`): the embeddings, 2 x ``blocks`` 3x3 convolutions per scale and one ring read-out
+        (8 taps) + 1x1 projection per read-out at 1/4^s of the pixels, and the 1x1 head."""
+        f, n = self.width, self.frames
+        center = f if n == 1 else 3 * f // 4
+        neighbours = 0 if n == 1 else 9 * (n - 1) * (f // 4) + (max(self.blind_spot) // 2) * 9 * (f // 4) ** 2
+        blocks = sum(2 * self.blocks * 9 * f * f / 4**s for s in range(self.scales))
+        plan = _readout_plan(self)
+        readouts = sum((8 + 1) * f * f / 4**s for s, _, _, _ in plan)
+        r = len(plan)
+        head = (r * f) * (r * f // 2) + (r * f // 2) * f + f
+        return center + neighbours + blocks + readouts + head
+
 
 def ring_dilation(radius: int, half: int, factor: int) -> int:
     """Smallest dilation of a ring read-out that keeps the blind window (half-size ``half``) unseen.

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Discriminator, Tag
 from torch import nn
 
 from emlive.core.errors import ConfigError
-from emlive.core.network import BlindSpotNet, NetworkConfig, macs_per_pixel
+from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.student import StudentConfig, StudentNet
 
 DEFAULT_KIND = "blindspot"
@@ -61,9 +61,7 @@ def create_network(config: BaseModel) -> nn.Module:
 
 def network_macs_per_pixel(config: NetworkConfig | StudentConfig) -> float:
     """Multiply-accumulates per output pixel of any registered network."""
-    if isinstance(config, StudentConfig):
-        return config.macs_per_pixel()
-    return macs_per_pixel(config)
+    return config.macs_per_pixel()
 
 
 register_network("blindspot", NetworkConfig)(BlindSpotNet)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from emlive.export.backendnames import backend_help
+
 DEFAULT_OPSET = 17  # mirrors emlive.export.onnx_export.DEFAULT_OPSET without importing torch at start-up
 
 
@@ -55,8 +57,13 @@ def export(
 
 
 def bench(
-    model: Path | None = typer.Option(
-        None, "--model", "-m", help="Checkpoint, ONNX model or engine; default: a random-weight default model."
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model to time, repeatable: PATH or LABEL=PATH (checkpoint, .onnx or engine; the keyword 'random' is a "
+        "random-weight width-64 blind-spot network); rows are labelled by LABEL or the card's name, speed-ups are "
+        "against the first. Default: -m teacher=models/synthetic-small.pt -m student=models/cpu-live-student.pt.",
     ),
     sizes: str | None = typer.Option(
         None, "--sizes", help="Comma-separated square frame sizes; default 512,1024,2048 (and 4096 on a GPU)."
@@ -65,19 +72,22 @@ def bench(
         3, "--repeats", help="Timed repetitions at 512 px; fewer for larger frames (x 512/size, at least 1)."
     ),
     backends: str | None = typer.Option(
-        None, "--backends", help="Comma-separated backends (e.g. onnx_cpu,torch_cpu); default: every available."
+        None, "--backends", help=backend_help("Comma-separated backends; default: every available.", with_auto=False)
     ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads; default: physical cores."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
-    """Inference speed of every available backend (ms/frame, frames/s, MP/s, GFLOP/s) and its speed-up over
-    PyTorch eager on the same weights, measured side by side in one run."""
+    """Inference speed of each model (default: the shipped teacher and CPU-live student) on every available backend
+    (multiply-adds per pixel, ms/frame, frames/s, MP/s, GFLOP/s), its speed-up over PyTorch eager on the same
+    weights and over the first model, measured side by side (interleaved) in one run."""
+    from emlive.bench.model_specs import parse_model_specs
     from emlive.bench.runtime_bench import format_table, parse_sizes, run_runtime_benchmark
     from emlive.export.runtime import parse_backend
 
+    specs = parse_model_specs(model or None, ensembles=False, allow_random=True)
     size_list = parse_sizes(sizes) if sizes else None
     backend_list = [parse_backend(b.strip()).value for b in backends.split(",") if b.strip()] if backends else None
-    report = run_runtime_benchmark(model, size_list, repeats, backend_list, threads, json_path)
+    report = run_runtime_benchmark(specs, size_list, repeats, backend_list, threads, json_path)
     for line in format_table(report):
         typer.echo(line)
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,7 @@ from emlive.core.networks import AnyNetwork
 from emlive.core.normalize import denormalize, frame_stats, normalize_into
 from emlive.core.pixeltypes import PIXEL_TYPES, check_pixel_type
 from emlive.core.windows import window_indices
+from emlive.export.backendnames import BACKENDS, BackendInfo, BackendName, backend_help  # noqa: F401 - re-exported
 from emlive.export.backends import (
     InferenceEngine,
     OpenVinoEngine,
@@ -89,19 +89,6 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".trt")
 MAX_BUFFERS = 16
-
-
-class BackendName(str, Enum):
-    """Where the network runs. ``auto`` picks TensorRT > CUDA > CPU (see the module docstring)."""
-
-    auto = "auto"
-    tensorrt = "tensorrt"
-    onnx_tensorrt = "onnx_tensorrt"
-    onnx_cuda = "onnx_cuda"
-    onnx_cpu = "onnx_cpu"
-    openvino_cpu = "openvino_cpu"
-    torch_cuda = "torch_cuda"
-    torch_cpu = "torch_cpu"
 
 
 _AUTO_ORDER = {

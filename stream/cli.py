@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from emlive.export.backendnames import backend_help
 from emlive.stream.modes import DetectorMode, InputFormat, InputMode, RecordWhat
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
         bind_any: bool = typer.Option(
             False, "--bind-any", help="Allow binding to non-loopback addresses (use CURVE keys on open networks)."
         ),
-        backend: str = typer.Option("auto", "--backend", help="Inference backend (auto, torch, onnx, ...)."),
+        backend: str = typer.Option("auto", "--backend", help=backend_help("Inference backend:")),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference."),
         tile: int | None = typer.Option(None, "--tile", help="Tile size for large frames (runtime default if unset)."),
         queue_size: int = typer.Option(

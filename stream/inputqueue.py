@@ -24,6 +24,14 @@ class InputQueue:
         self._bytes = 0
         self._cond = threading.Condition()
 
+    @property
+    def max_items(self) -> int:
+        return self._max_items
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)

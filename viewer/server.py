@@ -84,8 +84,36 @@ class Client:
     sent: int = 0
     skipped: int = 0
     draws: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=DRAW_HISTORY))
+    denoised_draws: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=DRAW_HISTORY))
+    first_drawn_at: float | None = None
+    first_denoised_at: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def record_draw(self, drawn_at: float, latency_ms: float, denoised: bool) -> None:
+        """A frame the page reports drawn (its wall-clock time, its latency, whether it held a denoised frame)."""
+        self.draws.append((drawn_at, latency_ms))
+        if self.first_drawn_at is None:
+            self.first_drawn_at = drawn_at
+        if denoised:
+            self.denoised_draws.append((drawn_at, latency_ms))
+            if self.first_denoised_at is None:
+                self.first_denoised_at = drawn_at
+
+    def health(self) -> dict[str, Any]:
+        """This browser's figures for ``/api/health``: frames sent and skipped, the draws the page reported
+        (``[drawn_at, latency_ms]``, wall-clock seconds; all of them and those with a denoised frame) and the
+        wall-clock times of its first drawn frame and first drawn denoised frame (None until then)."""
+        return {
+            "id": self.id,
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "codec": self.contrast.codec,
+            "draws": list(self.draws),
+            "denoised_draws": list(self.denoised_draws),
+            "first_drawn_at": self.first_drawn_at,
+            "first_denoised_at": self.first_denoised_at,
+        }
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -116,6 +144,7 @@ class Viewer:
         self.status: dict[str, Any] | None = None
         self.last_event: dict[str, Any] | None = None
         self.frames_in = 0
+        self.first_denoised_in_at: float | None = None  # wall clock of the first pair holding a denoised frame
         self._started = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._source: FrameSource | None = None
@@ -172,6 +201,8 @@ class Viewer:
         """A new newest pair: overwrite every browser's pending slot (newest only) and wake its sender."""
         self.newest = pair
         self.frames_in += 1
+        if self.first_denoised_in_at is None and pair.denoised is not None:
+            self.first_denoised_in_at = time.time()
         for client in self.clients:
             if client.paused:
                 continue
@@ -253,7 +284,7 @@ class Viewer:
                 and _finite_number(drawn)
                 and _finite_number(latency)
             ):
-                client.draws.append((float(drawn), float(latency)))
+                client.record_draw(float(drawn), float(latency), msg.get("denoised") is True)
             client.wake.set()
         elif kind == "settings":
             try:
@@ -435,11 +466,10 @@ async def health(request: web.Request) -> web.StreamResponse:
             "clients": len(viewer.clients),
             "frames": viewer.frames_in,
             "received": 0 if src is None else src.received,
+            "started_at": viewer._started,
+            "first_denoised_in_at": viewer.first_denoised_in_at,
             "newest": None if newest is None else {"acquisition": newest.acquisition, "index": newest.index},
-            "browsers": [
-                {"id": c.id, "sent": c.sent, "skipped": c.skipped, "codec": c.contrast.codec, "draws": list(c.draws)}
-                for c in viewer.clients
-            ],
+            "browsers": [c.health() for c in viewer.clients],
         }
     )
 

@@ -12,6 +12,7 @@ from emlive.core.network import (
     macs_per_pixel,
     receptive_radius,
 )
+from emlive.core.networks import network_macs_per_pixel
 
 BLIND_SPOTS = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1)]
 
@@ -105,3 +106,20 @@ def test_fused_network_is_identical() -> None:
     x = torch.randn(1, 5, 40, 48)
     with torch.no_grad():
         assert torch.allclose(net(x), net.fused()(x), atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        NetworkConfig(),
+        NetworkConfig(width=8, scales=2, blocks=1, blind_spot=(1, 1)),
+        NetworkConfig(width=16, frames=1, scales=3, blocks=0),
+        NetworkConfig(width=12, frames=3, scales=5, blocks=3, blind_spot=(1, 5)),
+    ],
+    ids=lambda c: f"w{c.width}-n{c.frames}-s{c.scales}-b{c.blocks}-{c.blind_spot[0]}x{c.blind_spot[1]}",
+)
+def test_macs_per_pixel_formula_matches_a_hook_count(cfg: NetworkConfig) -> None:
+    """The config's formula (what `emlive bench` prints) against the convolutions a forward pass actually runs."""
+    assert cfg.macs_per_pixel() == pytest.approx(macs_per_pixel(cfg), rel=1e-12)
+    assert network_macs_per_pixel(cfg) == cfg.macs_per_pixel()

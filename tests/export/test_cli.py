@@ -51,19 +51,43 @@ def test_export_errors_are_one_line(
         assert not (tmp_path / "t.onnx").exists(), "fails before exporting"
 
 
-def test_bench_command_default_model(
+def test_bench_command_default_models_side_by_side(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Default: the shipped teacher and CPU-live student in one run, each with its multiply-adds and speed-up."""
     report = tmp_path / "bench.json"
-    assert _emlive(monkeypatch, "bench", "--sizes", "64", "--repeats", "1", "--json", str(report)) == 0
+    args = ["bench", "--sizes", "48", "--repeats", "1", "--backends", "onnx_cpu", "--json", str(report)]
+    assert _emlive(monkeypatch, *args) == 0
     out = capsys.readouterr().out
-    assert "random-weight default model" in out and "vs eager" in out
-    assert "torch eager (reference) [cpu]" in out and "onnx_cpu" in out and "64x64" in out
+    assert "model teacher: " in out and "model student: " in out and "vs teacher" in out and "vs eager" in out
     data = json.loads(report.read_text())
-    rows = {r["backend"]: r for r in data["rows"]}
-    assert rows["torch eager (reference) [cpu]"]["speedup_vs_eager"] == pytest.approx(1.0)
-    assert rows["onnx_cpu"]["ms_per_frame"] > 0 and rows["onnx_cpu"]["gflops"] > 0
-    assert data["macs_per_pixel"] == pytest.approx(517936, rel=0.01)
+    assert [m["label"] for m in data["models"]] == ["teacher", "student"]
+    assert [m["kind"] for m in data["models"]] == ["blindspot", "student"]
+    teacher_macs, student_macs = (m["macs_per_pixel"] for m in data["models"])
+    assert data["macs_per_pixel"] == teacher_macs and data["model"].endswith("synthetic-small.pt")  # old fields
+    assert student_macs < teacher_macs / 4
+    rows = {(r["model"], r["backend"]): r for r in data["rows"]}
+    assert set(rows) == {(m, b) for m in ("teacher", "student") for b in ("onnx_cpu", "torch eager (reference) [cpu]")}
+    assert rows[("teacher", "onnx_cpu")]["speedup_vs_first"] == pytest.approx(1.0)
+    student = rows[("student", "onnx_cpu")]
+    assert student["speedup_vs_first"] == pytest.approx(
+        rows[("teacher", "onnx_cpu")]["ms_per_frame"] / student["ms_per_frame"]
+    )
+    assert student["macs_per_pixel"] == student_macs and student["gflops"] > 0
+
+
+def test_bench_command_random_width64_against_a_labelled_model(
+    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "bench.json"
+    args = ["bench", "-m", "w64=random", "-m", str(small.ckpt), "--sizes", "48", "--repeats", "1"]
+    assert _emlive(monkeypatch, *args, "--backends", "onnx_cpu", "--json", str(report)) == 0
+    data = json.loads(report.read_text())
+    assert [m["label"] for m in data["models"]] == ["w64", "small"]
+    assert data["macs_per_pixel"] == pytest.approx(517936)  # the default width-64 network (method.md)
+    assert "random-weight default model" in capsys.readouterr().out
+    assert _emlive(monkeypatch, "bench", "-m", "=x.pt") == 2
+    assert "-m '=x.pt': the label before '=' is empty" in capsys.readouterr().err
 
 
 def test_bench_command_on_an_onnx_model_and_bad_sizes(
@@ -74,3 +98,20 @@ def test_bench_command_on_an_onnx_model_and_bad_sizes(
     assert "onnx_cpu" in out and "n/a" in out
     assert _emlive(monkeypatch, "bench", "--sizes", "5x5") == 2
     assert "--sizes entry '5x5'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_every_backend_is_registered_and_in_every_commands_help() -> None:
+    from typer.testing import CliRunner
+
+    from emlive.cli import app
+    from emlive.export.runtime import BACKENDS
+
+    assert set(BACKENDS) == set(BackendName), "every BackendName needs its registry entry (export/backendnames.py)"
+    runner = CliRunner()
+    for command in ("serve", "denoise", "bench"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "4000", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        names = [b for b in BackendName if command != "bench" or b is not BackendName.auto]
+        missing = [b.value for b in names if f"{b.value} ({BACKENDS[b].device}:" not in result.output]
+        assert not missing, f"emlive {command} --help lacks {missing}:\n{result.output}"

@@ -220,7 +220,7 @@ def test_oracle_student_learns_the_clean_frames_without_a_teacher(movie: Path, t
     model = distill(cfg).model
     net, card = load_checkpoint(model)
     assert isinstance(net, StudentNet) and card.teacher is None and "clean frames" in (card.training.loss or "")
-    with pytest.raises(ConfigError, match="targets=clean trains on the ground truth: set data.clean"):
+    with pytest.raises(ConfigError, match=r"targets=clean trains on the ground truth: set data\.clean"):
         load_distill_config(
             "distill-cpu-live", [f"data.train={movie / 'noisy.tif'}", "data.clean=null", "targets=clean"]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import urllib.error
 import urllib.request
@@ -13,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+import zmq
 from PIL import Image
 
+from emlive.core.protocol import encode_frame
 from emlive.viewer.server import ViewerServer
 
 from .conftest import FakeService, canvas_sum, copy_screenshot_once, frame_pair, wait_frames
@@ -173,3 +176,59 @@ def test_zoom_pan_stay_in_sync_and_pixel_probe(page: Any, viewer: ViewerServer) 
 def _xy(text: str) -> tuple[int, int]:
     parts = text.replace(",", " ").split()
     return int(parts[parts.index("x") + 1]), int(parts[parts.index("y") + 1])
+
+
+class _Sender:
+    """A PUB that sends raw frames alone (a bare detector) or raw + denoised pairs, one per call."""
+
+    def __init__(self, zctx: Any) -> None:
+        self.sock = zctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.index = 0
+
+    def send(self, denoised: bool) -> None:
+        raw, den = frame_pair(self.index)
+        ts = time.time()
+        self.sock.send_multipart(encode_frame(raw, "acq-h", self.index, timestamp=ts, extra={"kind": "raw"}))
+        if denoised:
+            self.sock.send_multipart(encode_frame(den, "acq-h", self.index, timestamp=ts, extra={"kind": "denoised"}))
+        self.index += 1
+        time.sleep(0.04)
+
+
+@pytest.mark.timeout(40)
+def test_health_reports_when_the_first_denoised_frame_was_drawn(
+    page: Any, zctx: Any, make_viewer: Callable[..., ViewerServer]
+) -> None:
+    """The page says in each acknowledgement whether the frame it drew held a denoised image; /api/health keeps
+    the wall-clock time of the first drawn frame, of the first drawn denoised frame and the denoised draws (what
+    the demo benchmark's first-frame time and displayed rate come from)."""
+    sender = _Sender(zctx)
+    try:
+        server = make_viewer(sender.endpoint)
+        page.goto(server.url)
+        deadline = time.monotonic() + 15
+        while page.evaluate("() => window.emlive.stats.frames") < 2:
+            assert time.monotonic() < deadline, "the page drew fewer than 2 raw frames in 15 s"
+            sender.send(denoised=False)
+        (browser,) = _health(server.url)["browsers"]
+        assert browser["first_drawn_at"] is not None and len(browser["draws"]) >= 2
+        assert browser["first_denoised_at"] is None and browser["denoised_draws"] == [], browser
+        deadline = time.monotonic() + 15
+        while browser["first_denoised_at"] is None or len(browser["denoised_draws"]) < 3:
+            assert time.monotonic() < deadline, f"no denoised draw reported: {browser}"
+            sender.send(denoised=True)
+            (browser,) = _health(server.url)["browsers"]
+        assert browser["first_drawn_at"] < browser["first_denoised_at"] <= browser["denoised_draws"][0][0]
+        assert abs(browser["first_denoised_at"] - time.time()) < 10  # the page's clock is this machine's
+        assert {tuple(d) for d in browser["denoised_draws"]} <= {tuple(d) for d in browser["draws"]}
+    finally:
+        sender.sock.close(linger=0)
+
+
+def _health(url: str) -> dict[str, Any]:
+    status, body, _ = _get(url + "api/health")
+    assert status == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result

@@ -11,10 +11,13 @@ from PIL import Image
 
 from emlive.core.errors import ConfigError
 from emlive.viewer.render import (
+    HIST_BINS,
     Contrast,
     FramePair,
+    _sample,
     bin_factor,
     block_mean,
+    channel_stats,
     make_channel,
     pair_png,
     pair_tiff,
@@ -49,6 +52,38 @@ def test_block_mean_bins_and_crops() -> None:
     assert bin_factor((1000, 900), 1024) == 1
     with pytest.raises(ConfigError, match="max size 0"):
         bin_factor((10, 10), 0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((512, 512), np.uint16), ((300, 700), np.float32), ((64, 64), np.float32), ((5, 3), np.int32)]
+)
+def test_channel_stats_equal_numpy_percentiles_and_histogram(shape: tuple[int, int], dtype: type) -> None:
+    """One sort gives what np.percentile (linear) and np.histogram (last bin closed) give, constant frames too
+    (up to values on a bin edge)."""
+    rng = np.random.default_rng(3)
+    frame = (rng.poisson(5, shape) if dtype is not np.float32 else rng.random(shape)).astype(dtype)
+    if shape == (64, 64):
+        frame[:] = 3.0
+    display = block_mean(frame, 1)
+    stats = channel_stats(display)
+    sample = _sample(display)
+    expected = np.percentile(sample, np.arange(101))
+    lo, hi = float(expected[0]), float(expected[100])
+    hi = hi if hi > lo else lo + 1.0
+    hist, _ = np.histogram(sample, bins=HIST_BINS, range=(lo, hi))
+    np.testing.assert_allclose(stats.percentiles, expected, rtol=1e-12, atol=1e-9)
+    assert (stats.lo, stats.hi) == (lo, hi)
+    assert stats.hist.sum() == hist.sum() == sample.size
+    assert np.abs(stats.hist - hist).max() <= 2  # a value on a bin edge may fall on either side (float rounding)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_frame_with_nan_or_inf_is_refused_by_name(bad: float) -> None:
+    """As with np.percentile/np.histogram before: the source logs and skips such a frame (no NaN limits sent)."""
+    frame = np.ones((64, 64), np.float32)
+    frame[0, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        channel_stats(frame)
 
 
 def test_contrast_validation_names_the_value() -> None:

@@ -9,6 +9,7 @@
   const CHANNELS = ["raw", "denoised"];
   const canvases = { raw: $("canvas-raw"), denoised: $("canvas-denoised") };
   const contexts = { raw: canvases.raw.getContext("2d"), denoised: canvases.denoised.getContext("2d") };
+  const images = { raw: null, denoised: null };
   const state = {
     ws: null, clientId: null, backoff: 500, connected: false, paused: false,
     pending: null, shown: null, lastState: null, drawTimes: [], latencies: [],
@@ -108,7 +109,8 @@
     }
     const drawnAt = now();
     const latency = drawnAt - meta.timestamp * 1000;
-    send({ type: "ack", drawn_at: drawnAt / 1000, latency_ms: latency });
+    const denoised = meta.channels.some((c) => c.kind === "denoised");
+    send({ type: "ack", drawn_at: drawnAt / 1000, latency_ms: latency, denoised });
     stats.drawMs = (stats.drawMs || 0) * 0.9 + (performance.now() - t0) * 0.1;
     state.shown = meta;
     stats.frames += 1;
@@ -137,7 +139,11 @@
     }
     const ctx = contexts[ch.kind];
     if (codec === "raw8") {
-      const image = ctx.createImageData(ch.width, ch.height);
+      // one ImageData per channel and size, reused (not a new 1 MiB buffer per frame for the garbage collector)
+      let image = images[ch.kind];
+      if (!image || image.width !== ch.width || image.height !== ch.height) {
+        image = images[ch.kind] = ctx.createImageData(ch.width, ch.height);
+      }
       const out = new Uint32Array(image.data.buffer);
       const n = ch.width * ch.height;
       for (let i = 0; i < n; i++) out[i] = 0xff000000 | (bytes[i] * 0x010101);
