@@ -234,6 +234,12 @@ def _make_runners(
     return references + runners
 
 
+# Pause before each timed call: the previous runner's threads keep spin-waiting after its call (OpenMP's block time
+# is 200 ms; ONNX Runtime's intra-op threads spin too) and would be charged to the next runner. Without it the
+# CPU-live student measured 42-50 ms per 512 px frame right after another model and 31 ms when timed first.
+SETTLE_S = 0.25
+
+
 def _time_size(
     runners: list[_Runner], size: int, repeats: int, say: Callable[[str], None]
 ) -> dict[tuple[str, str], list[float]]:
@@ -251,6 +257,7 @@ def _time_size(
     times: dict[tuple[str, str], list[float]] = {(r.model, r.key): [] for r in active}
     for rep in range(repeats):
         for r in active:
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             r.denoiser.denoise_window(windows[r.denoiser.frames])
             seconds = time.perf_counter() - t0

@@ -228,7 +228,9 @@ def _load_model(path: Path) -> _Model:
     return _Model(path, kind, card, build=build)
 
 
-def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None) -> InferenceEngine:
+def _make_engine(
+    model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None, spin: bool = True
+) -> InferenceEngine:
     mismatch = _kind_mismatch(backend, model.kind)
     if mismatch:
         raise BackendUnavailableError(
@@ -244,7 +246,12 @@ def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold:
         raise BackendUnavailableError(f"backend {backend.value} for {model.label}: {reason}; {fix}")
     if backend is BackendName.onnx_cpu:
         return OrtEngine(
-            model.onnx_bytes(), "CPUExecutionProvider", name=backend.value, threads=threads, source=model.label
+            model.onnx_bytes(),
+            "CPUExecutionProvider",
+            name=backend.value,
+            threads=threads,
+            source=model.label,
+            spin=spin,
         )
     if backend is BackendName.openvino_cpu:
         return OpenVinoEngine(model.onnx_bytes(), threads=threads, source=model.label)
@@ -281,15 +288,17 @@ def _make_engine(model: _Model, backend: BackendName, threads: int | None, fold:
     return TensorRTEngine(engine_path, model.card)
 
 
-def _select(model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None) -> InferenceEngine:
+def _select(
+    model: _Model, backend: BackendName, threads: int | None, fold: bool | None = None, spin: bool = True
+) -> InferenceEngine:
     if backend is not BackendName.auto:
-        return _make_engine(model, backend, threads, fold)
+        return _make_engine(model, backend, threads, fold, spin)
     skipped: list[str] = []
     for candidate in _AUTO_ORDER[model.kind]:
         reason = backend_unavailable_reason(candidate, model.kind)
         if reason is None:
             try:
-                engine = _make_engine(model, candidate, threads, fold)
+                engine = _make_engine(model, candidate, threads, fold, spin)
             except BackendUnavailableError as exc:
                 reason = str(exc)
             else:
@@ -354,18 +363,21 @@ class Denoiser:
         *,
         threads: int | None = None,
         tile: int | None = None,
+        spin: bool = True,
     ) -> Denoiser:
         """Load a checkpoint (.ckpt/.pt), an exported model (.onnx) or a TensorRT engine (.engine/.trt).
 
         ``threads``: CPU threads (default: physical cores); ``tile``: largest region run at once (default per
-        backend). Raises ModelFileError, BackendUnavailableError or ConfigError with one clear line.
+        backend); ``spin``: ONNX Runtime's CPU threads spin-wait for the next run (fastest back to back; a live
+        service paced by a detector passes False, see :class:`~emlive.export.backends.OrtEngine`). Raises
+        ModelFileError, BackendUnavailableError or ConfigError with one clear line.
         """
         chosen = parse_backend(backend)
         if threads is not None and threads < 1:
             raise ConfigError(f"threads={threads}: must be at least 1 (or None for the physical core count)")
         p = Path(path)
         model = _load_model(p)
-        engine = _select(model, chosen, threads)
+        engine = _select(model, chosen, threads, spin=spin)
         return cls(engine, model.card, tile=tile, source=str(p))
 
     @classmethod

@@ -194,7 +194,7 @@ def load_denoiser(path: Path, backend: str = "auto", threads: int | None = None,
     """Load a model with the inference runtime (:class:`emlive.export.runtime.Denoiser`)."""
     from emlive.export.runtime import Denoiser
 
-    return Denoiser.load(path, backend, threads=threads, tile=tile)
+    return Denoiser.load(path, backend, threads=threads, tile=tile, spin=False)  # frames come paced: no spin-wait
 
 
 class DenoiseService:

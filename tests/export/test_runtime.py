@@ -324,3 +324,24 @@ def test_backend_and_tile_arguments_are_checked(small) -> None:
     den = Denoiser.load(small.onnx, "onnx_cpu")
     assert den.backend == "onnx_cpu" and "onnx_cpu" in repr(den)
     den.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_live_service_loads_onnx_runtime_without_spin_waiting(small) -> None:
+    """Frames paced by a detector: the CPU threads sleep between runs (spin-waiting cost 26 % more CPU per frame)."""
+    from emlive.export.backends import OrtEngine
+    from emlive.stream.service import load_denoiser
+
+    key = "session.intra_op.allow_spinning"
+    live = load_denoiser(small.onnx, "onnx_cpu", threads=2)
+    offline = Denoiser.load(small.onnx, "onnx_cpu", threads=2)
+    for den, spins in ((live, False), (offline, True)):
+        engine = den._engine
+        assert isinstance(engine, OrtEngine)
+        options = engine._session((64, 64)).get_session_options()
+        try:
+            entry = options.get_session_config_entry(key)
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            entry = "1"
+        assert (entry != "0") is spins
+        den.close()
