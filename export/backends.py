@@ -20,8 +20,9 @@ ONNX Runtime on the CPU is tuned for throughput of one window at a time:
   disk); sessions are kept per shape (a few);
 * inputs and outputs are bound once per buffer pair with IOBinding, so a run copies nothing;
 * intra-op threads spin-wait for work between runs unless ``spin=False``, which a live service paced by a detector
-  passes: the CPU-live student at 512 x 512 on 2 quiet cores, runs paced at 25 frames/s, took 64 ms of CPU per
-  frame spinning and 47 ms not (-26 %, the same 24 ms per run); back to back, spinning is faster (24 vs 32 ms).
+  passes. ``python -m emlive.bench.ort_spin`` (CPU-live student, 512 x 512, 2 threads, 2 quiet cores), runs paced at
+  25 frames/s: 62 ms of CPU per frame spinning and 44 ms not (-29 %) at the same time per run (22 ms); back to
+  back, spinning is slightly faster (20.6 vs 21.7 ms; 24 vs 32 ms in an earlier ad-hoc run).
 
 Measured on the development machine (2 cores of a Xeon with AVX512-VNNI, AVX512-BF16 and AMX; default model,
 width 64, 512 x 512, 2 threads, other processes sharing the cores, medians of interleaved runs):

@@ -328,7 +328,7 @@ def test_backend_and_tile_arguments_are_checked(small) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_live_service_loads_onnx_runtime_without_spin_waiting(small) -> None:
-    """Frames paced by a detector: the CPU threads sleep between runs (spin-waiting cost 26 % more CPU per frame)."""
+    """Frames paced by a detector: the CPU threads sleep between runs (bench/ort_spin.py: -29 % CPU per frame)."""
     from emlive.export.backends import OrtEngine
     from emlive.stream.service import load_denoiser
 
