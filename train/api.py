@@ -193,6 +193,28 @@ def train(cfg: TrainConfig) -> TrainResult:
     return fit(cfg, DenoiserModule(cfg, card), train_set, loaders, run_dir, accelerator)
 
 
+class _TrainingClock(Callback):
+    """Training seconds summed over a run and its resumes: kept in every checkpoint (Lightning saves and restores
+    a callback's state), so a resumed run's card reports the whole training time, not the last part's."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of the runs this one resumes
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (0.0 if self._start is None else time.perf_counter() - self._start)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))
+
+
 def fit(
     cfg: TrainConfig | DistillConfig,
     module: DenoiserModule,
@@ -217,6 +239,7 @@ def fit(
     )
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
     max_time = None if cfg.optim.max_minutes is None else timedelta(minutes=cfg.optim.max_minutes)
+    clock = _TrainingClock()
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=cfg.optim.devices,
@@ -229,6 +252,7 @@ def fit(
         logger=logger,
         callbacks=[
             ckpt_cb,
+            clock,
             _EpochSetter(train_set),
             TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
             LearningRateMonitor(logging_interval="step"),
@@ -252,7 +276,7 @@ def fit(
     card.training.final_train_loss = metrics.get("train/loss_epoch")
     card.training.best_val_loss = float(best_score) if best_score is not None and math.isfinite(best_score) else None
     card.training.val_psnr = metrics.get("val/psnr")
-    card.training.seconds = round(seconds, 1)
+    card.training.seconds = round(clock.seconds, 1)  # resumes included
     best_net, _ = load_checkpoint(best)
     model_path = save_model(run_dir / "model.pt", best_net, card)
     (run_dir / "model_card.json").write_text(card.model_dump_json(indent=2))

@@ -63,6 +63,9 @@ def test_train_writes_self_describing_checkpoints_and_resumes(movie: Path, tmp_p
         cfg.model_copy(update={"resume": result.last_checkpoint, "optim": cfg.optim.model_copy(update={"epochs": 3})})
     )
     assert load_checkpoint(resumed.model)[1].training.epochs == 3
+    first_seconds = result.card.training.seconds or 0.0
+    resumed_seconds = load_checkpoint(resumed.model)[1].training.seconds or 0.0
+    assert first_seconds > 0 and resumed_seconds > first_seconds  # the card counts the resumed run's whole time
 
 
 @pytest.mark.timeout(240)
