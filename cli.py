@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from emlive import __version__
+from emlive.core.cli import CorrelatedChoice
 from emlive.core.errors import EmliveError
 from emlive.core.logs import setup_logging
 
@@ -129,7 +130,9 @@ def bench_quality(
     size: int = typer.Option(512, help="Frame size of the held-out simulated movie."),
     frames: int = typer.Option(64, help="Frames of the held-out movie."),
     dose: float = typer.Option(5.0, help="Dose in e-/px/frame."),
-    correlated: str = typer.Option("none", help="Correlated detector noise: none, isotropic, horizontal, vertical."),
+    correlated: CorrelatedChoice = typer.Option(
+        CorrelatedChoice.NONE, help="Correlated detector noise of the held-out movie (as `emlive simulate`)."
+    ),
     eval_frames: int = typer.Option(8, help="Frames scored (BM3D is slow: about 10 s per 512x512 frame)."),
     no_bm3d: bool = typer.Option(False, "--no-bm3d", help="Skip BM3D."),
     seed: int = typer.Option(1001, help="Simulation seed; use one the model was not trained on."),
@@ -145,7 +148,17 @@ def bench_quality(
 
     specs = parse_model_specs(model or None)
     rows = run_quality_benchmark(
-        specs, out, size, frames, dose, CorrelatedNoise(correlated), eval_frames, not no_bm3d, seed, backend, threads
+        specs,
+        out,
+        size,
+        frames,
+        dose,
+        CorrelatedNoise(correlated.value),
+        eval_frames,
+        not no_bm3d,
+        seed,
+        backend,
+        threads,
     )
     for line in format_table(rows):
         typer.echo(line)

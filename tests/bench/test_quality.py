@@ -125,3 +125,13 @@ def test_bad_specs_are_one_clear_line(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.timeout(60)
+def test_unknown_noise_correlation_is_a_usage_error_naming_the_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _emlive(monkeypatch, "bench-quality", "--correlated", "diagonal", "-o", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "'diagonal' is not one of" in err and "isotropic" in err
+    assert not (tmp_path / "quality.json").exists()
