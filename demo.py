@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emlive.core.cache import cache_root
 from emlive.core.errors import EmliveError
 from emlive.core.processes import ChildProcesses, StopSignal, describe_exit, stop_on_signals
 
@@ -156,12 +157,6 @@ def demo_service_threads() -> int:
     thread denoised as many frames as two (10.8 vs 10.9 frames/s, load average 6-7) for 0.52 instead of 0.82 of
     a core (ONNX Runtime's second thread spins while it waits), which the viewer and Chromium need."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
-
-
-def cache_root() -> Path:
-    """Where emlive keeps files it can rebuild: ``$EMLIVE_CACHE_DIR`` or ``~/.cache/emlive`` (the same root as
-    :func:`emlive.export.tensorrt.cache_dir`)."""
-    return Path(os.environ.get("EMLIVE_CACHE_DIR") or Path.home() / ".cache" / "emlive")
 
 
 def synthetic_demo_movie(size: int, frames: int = DEMO_SOURCE_FRAMES, seed: int = 0) -> Path:

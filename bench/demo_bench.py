@@ -32,13 +32,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
+from emlive.bench.viewer_bench import health as page_health
 from emlive.core.errors import EmliveError
 from emlive.core.processes import ChildProcesses, stop_on_signals
 from emlive.demo import DEMO_FPS, LiveDemo, default_model, demo_service_threads
@@ -130,14 +130,8 @@ class StatusListener:
         self.ctx.term()
 
 
-def _health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "api/health", timeout=5) as resp:
-        result: dict[str, Any] = json.loads(resp.read())
-        return result
-
-
 def _browser(url: str) -> dict[str, Any] | None:
-    browsers = _health(url)["browsers"]
+    browsers = page_health(url + "api/health")["browsers"]
     return browsers[0] if browsers else None
 
 
@@ -210,7 +204,7 @@ def _measure(demo: LiveDemo, browser: ChildProcesses, seconds: float, first_time
         meter.mark("end")
         s0, s1 = status.after(start), (status.received[-1] if status.received else None)
         page = _browser(url)
-        health = _health(url)
+        health = page_health(url + "api/health")
     finally:
         status.close()
     return {

@@ -84,7 +84,7 @@ class Publisher:
         self.ctx.term()
 
 
-def _health(url: str) -> dict[str, Any]:
+def health(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
@@ -105,7 +105,7 @@ def _measure(base: str, codec: str, warmup: float, seconds: float, profile: Path
         children.start("browser", cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
-            browsers = _health(base + "api/health")["browsers"]
+            browsers = health(base + "api/health")["browsers"]
             if browsers and len(browsers[0]["draws"]) > 3:
                 break
             time.sleep(0.2)
@@ -114,7 +114,7 @@ def _measure(base: str, codec: str, warmup: float, seconds: float, profile: Path
         time.sleep(warmup)
         t0 = time.time()
         time.sleep(seconds)
-        browsers = _health(base + "api/health")["browsers"]
+        browsers = health(base + "api/health")["browsers"]
     draws = np.asarray([d for d in browsers[0]["draws"] if d[0] >= t0]) if browsers else np.zeros((0, 2))
     n = len(draws)
     fps = (n - 1) / (draws[-1, 0] - draws[0, 0]) if n > 1 else 0.0

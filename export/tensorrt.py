@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emlive.core.cache import cache_root
 from emlive.core.errors import ConfigError, InputDataError, ModelFileError
 from emlive.core.modelcard import ModelCard
 from emlive.core.networks import AnyNetwork
@@ -88,8 +89,7 @@ class ShapeProfile:
 
 def cache_dir() -> Path:
     """Where emlive keeps built engines: ``$EMLIVE_CACHE_DIR/tensorrt`` or ``~/.cache/emlive/tensorrt``."""
-    root = os.environ.get("EMLIVE_CACHE_DIR") or str(Path.home() / ".cache" / "emlive")
-    return Path(root) / "tensorrt"
+    return cache_root() / "tensorrt"
 
 
 def tensorrt_unavailable_reason() -> str | None:

@@ -49,6 +49,13 @@ class MovieSource:
         """The z-scored (N, size, size) crop of the window centred on frame t (binned pixels); see :meth:`region`."""
         return self.region(t, y, x, (size, size), n_frames)
 
+    def binned_crop(self, movie: Movie, t: int, y: int, x: int, shape: tuple[int, int]) -> np.ndarray:
+        """Float32 (h, w) crop at (y, x) of frame t of ``movie`` (this movie, or its clean twin), in binned pixels."""
+        b = self.bin
+        h, w = shape
+        crop = np.asarray(movie.crop(t, y * b, x * b, h * b, w * b), dtype=np.float32)
+        return crop.reshape(h, b, w, b).sum(axis=(1, 3)) if b > 1 else crop
+
     def region(self, t: int, y: int, x: int, shape: tuple[int, int], n_frames: int) -> np.ndarray:
         """The z-scored (N, h, w) crop of the window centred on frame t (binned pixels).
 
@@ -56,17 +63,12 @@ class MovieSource:
         holds frame t (its noise would reach the input past the blind spot and reward copying); an empty slot
         (a single-frame split) is zeros, the frame mean in normalised units.
         """
-        b = self.bin
-        h, w = shape
-        out = np.zeros((n_frames, h, w), dtype=np.float32)
+        out = np.zeros((n_frames, *shape), dtype=np.float32)
         for i, idx in enumerate(window_indices(t - self.first, n_frames, self.last - self.first)):
             if idx is None:
                 continue
             f = idx + self.first
-            crop = np.asarray(self.movie.crop(f, y * b, x * b, h * b, w * b), dtype=np.float32)
-            if b > 1:
-                crop = crop.reshape(h, b, w, b).sum(axis=(1, 3))
-            out[i] = (crop - self.mean[f]) / self.std[f]
+            out[i] = (self.binned_crop(self.movie, f, y, x, shape) - self.mean[f]) / self.std[f]
         return out
 
 
@@ -199,9 +201,6 @@ class CleanWindows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         _, src_i, t, y, x, size = self.inner.locate(index)
         src = self.inner.sources[src_i]
         window = src.window(t, y, x, size, self.inner.n_frames)
-        b = src.bin
-        clean = np.array(self.clean[src_i].crop(t, y * b, x * b, size * b, size * b), dtype=np.float32)
-        if b > 1:
-            clean = clean.reshape(size, b, size, b).sum(axis=(1, 3))
+        clean = np.array(src.binned_crop(self.clean[src_i], t, y, x, (size, size)))  # owned: collated later
         stats = torch.tensor([src.mean[t], src.std[t]], dtype=torch.float32)
         return torch.from_numpy(window), torch.from_numpy(clean[None]), stats

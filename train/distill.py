@@ -128,12 +128,8 @@ def clean_targets(source: MovieSource, clean: Movie, path: Path) -> np.ndarray:
         )
     shape = (source.last - source.first, source.height, source.width)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    b = source.bin
     for t in range(source.first, source.last):
-        frame = np.asarray(clean[t], dtype=np.float32)
-        if b > 1:
-            frame = frame[: source.height * b, : source.width * b]
-            frame = frame.reshape(source.height, b, source.width, b).sum(axis=(1, 3))
+        frame = source.binned_crop(clean, t, 0, 0, (source.height, source.width))
         out[t - source.first] = (frame - source.mean[t]) / source.std[t]
     out.flush()
     return out

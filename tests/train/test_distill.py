@@ -259,3 +259,22 @@ def test_teacher_targets_are_reused_only_for_the_same_teacher_movie_and_ensemble
     flips = teacher_targets(den, src, path, 5, Ensemble.flips, _targets_key(teacher, src, 5, Ensemble.flips))
     assert not np.allclose(flips, first)  # another ensemble: recomputed
     assert json.loads(path.with_suffix(".json").read_text())["ensemble"] == "flips"
+
+
+@pytest.mark.timeout(120)
+def test_binned_sources_bin_noisy_windows_and_clean_targets_alike(movie: Path, tmp_path: Path) -> None:
+    from emlive.train.api import open_splits
+    from emlive.train.distill import clean_targets
+
+    over = [f"data.train={movie / 'noisy.tif'}", f"data.clean={movie / 'clean.tif'}", "targets=clean", "data.bin=2"]
+    cfg = load_distill_config("distill-cpu-live", [*over, *TINY, "data.crop_size=16", "data.val_crop_size=16"])
+    src = open_splits(cfg, cfg.data.train, None)[0][0]
+    assert src.bin == 2 and (src.height, src.width) == (24, 28)
+    t = src.first + 3
+    with open_movie(movie / "noisy.tif") as noisy, open_movie(movie / "clean.tif") as clean:
+        binned = np.asarray(noisy[t], dtype=np.float32).reshape(24, 2, 28, 2).sum(axis=(1, 3))
+        window = src.region(t, 0, 0, (24, 28), 5)
+        np.testing.assert_allclose(window[2] * src.std[t] + src.mean[t], binned, rtol=1e-4, atol=1e-2)
+        z = clean_targets(src, clean, tmp_path / "z.npy")
+        expected = np.asarray(clean[t], dtype=np.float32).reshape(24, 2, 28, 2).sum(axis=(1, 3))
+        np.testing.assert_allclose(z[3] * src.std[t] + src.mean[t], expected, rtol=1e-4, atol=1e-2)
