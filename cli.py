@@ -14,7 +14,7 @@ import typer
 
 from emlive import __version__
 from emlive.core.cli import CorrelatedChoice
-from emlive.core.errors import EmliveError
+from emlive.core.errors import EmliveError, missing_training_package, training_stack_error
 from emlive.core.logs import setup_logging
 
 app = typer.Typer(
@@ -165,11 +165,19 @@ def bench_quality(
 
 
 def main() -> None:
-    """Entry point: runs the app and turns emlive's own errors into one clear line and exit code 2."""
+    """Entry point: runs the app and turns emlive's own errors, and a command that needs the training stack on the
+    light install (no torch), into one clear line and exit code 2."""
     try:
         app()
     except EmliveError as exc:
         logging.getLogger("emlive").error("%s", exc)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        missing = missing_training_package(exc)
+        if missing is None:
+            raise
+        command = " ".join(["emlive", *sys.argv[1:2]])
+        logging.getLogger("emlive").error("%s", training_stack_error(command, [missing]))
         sys.exit(2)
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -202,6 +202,7 @@ class _DenoiseDtype(str, Enum):
 class _DenoiseFormat(str, Enum):
     tif = "tif"
     mrc = "mrc"
+    zarr = "zarr"
 
 
 DENOISE_HELP = """Denoise recorded movies with a trained model, frame by frame.
@@ -221,16 +222,32 @@ whose margins cover the network's receptive field, so tiles leave no seams. Fram
 they are produced (memory stays at a few frames); a run that stops leaves a readable movie of the frames done
 so far.
 
+OUTPUT NAME.ome.zarr (or --format zarr) writes an OME-Zarr image (NGFF 0.5), one chunk per frame, with the
+pixel size, the model card and emlive's version in its metadata; a run that was killed continues with the same
+command and --resume: complete frames are kept, only the missing ones are computed.
+
 Pixels are float32 by default; --dtype input writes the input file's type instead: values are rounded to the
 nearest integer (half to even) and clipped to the type's range (negative values become 0 in unsigned types).
 
 The backend and device (CPU, or CUDA when present) are chosen by the runtime and logged; a progress bar shows
 frames/s and megapixels/s.
+
+Batch jobs (several INPUTs, --cluster or --shard; OUTPUT is then a folder): the movies are cut into shards of
+--shard-frames frames, run as tasks, and each movie is assembled from its parts into a file bit-identical to the
+single-process one (OME-Zarr shards write their chunks in place). OUTPUT/emlive-manifest.jsonl records the job and
+every finished shard: running the same command again skips what is done (a killed job redoes only the shards that
+were in flight); another model or other options are refused unless --overwrite. --cluster local:N runs N worker
+processes here (one thread each, --threads per engine: the cores split between them by default), tcp://HOST:PORT a
+running dask scheduler, slurm:N / pbs:N N workers through dask-jobqueue (its jobqueue.yaml; docs/cluster/). --shard
+i/N runs, in this process, the shards whose index % N == i: one task of a SLURM array job each, sharing the
+folder's manifest.
 """
 
 
 def denoise_command(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Movie file, TIFF folder, or folder of movies."),
+    inputs: list[Path] = typer.Argument(
+        ..., metavar="INPUT", help="Movie files, TIFF folders, or folders of movies (several: a batch job)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output movie file (.tif/.tiff/.mrc/.mrcs) or folder."),
     model: Path = typer.Option(
         ..., "--model", "-m", help="Checkpoint (.ckpt/.pt) or exported model (.onnx; .engine on a GPU)."
@@ -253,13 +270,38 @@ def denoise_command(
     frames: str | None = typer.Option(None, "--frames", help="Frames a:b to denoise (a..b-1), e.g. 0:100 or 10:."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: the runtime's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    resume: bool = typer.Option(
+        False, "--resume", help="OME-Zarr outputs: keep the complete frames of an interrupted run, write the rest."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Run as shards on Dask: local:N, tcp://HOST:PORT, slurm:N or pbs:N (see below)."
+    ),
+    shard: str | None = typer.Option(
+        None, "--shard", help="i/N: run only the shards whose index % N == i (SLURM array jobs; 0-based i)."
+    ),
+    shard_frames: int | None = typer.Option(
+        None, "--shard-frames", min=1, help="Frames per shard, K (K..2K-1; under 2K frames: one shard; default 128)."
+    ),
 ) -> None:
+    if cluster is not None or shard is not None or len(inputs) > 1:
+        if resume:
+            from emlive.core.errors import ConfigError
+
+            raise ConfigError(
+                "--resume: a batch job (several INPUTs, --cluster or --shard) resumes by itself from its folder's "
+                "emlive-manifest.jsonl; drop --resume and run the same command again"
+            )
+        _denoise_batch(inputs, output, model, backend=backend, tile=tile, dtype=dtype.value,
+                       fmt=None if fmt is None else fmt.value, gain=gain, frames=frames, threads=threads,
+                       overwrite=overwrite, progress=progress, as_json=as_json, cluster=cluster, shard=shard,
+                       shard_frames=shard_frames)  # fmt: skip
+        return
     from emlive.analysis.denoise import denoise_path
 
     report = denoise_path(
-        input_path,
+        inputs[0],
         output,
         model,
         backend=backend,
@@ -271,6 +313,7 @@ def denoise_command(
         threads=threads,
         overwrite=overwrite,
         progress=progress,
+        resume=resume,
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -284,6 +327,25 @@ def denoise_command(
         f"{len(report.movies)} movie(s), {report.frames} frames in {report.seconds:.1f} s "
         f"({report.frames_per_second:.2f} frames/s, {report.megapixels_per_second:.2f} MP/s) "
         f"with {report.backend} on {report.device}"
+    )
+
+
+def _denoise_batch(
+    inputs: list[Path], output: Path, model: Path, *, as_json: bool, **options: Any
+) -> None:
+    """Several inputs, --cluster or --shard: the sharded, resumable batch job (emlive.analysis.batch)."""
+    from emlive.analysis.batch import denoise_batch
+
+    if options.get("shard_frames") is None:
+        options.pop("shard_frames", None)  # the batch module's default
+    report = denoise_batch(inputs, output, model, **options)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    typer.echo(
+        f"{output}: {len(report.ran)} shard(s) run ({report.frames} frames, {report.frames_per_second:.2f} frames/s "
+        f"on {len(report.workers)} worker(s)), {len(report.skipped)} already done; {len(report.outputs)} movie(s) "
+        f"written, of {report.shards} shard(s) in all"
     )
 
 

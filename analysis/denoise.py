@@ -12,14 +12,18 @@ MRC, DM3/DM4, SER, EMD, npy), or a folder of movie files (see :func:`emlive.core
 denoised into the OUTPUT folder under its own stem.
 
 Outputs keep the input's format: TIFF stays TIFF (``.tif``/``.tiff`` kept), MRC stays MRC (``.mrc``/``.mrcs``
-kept); DM3/DM4, SER, EMD and npy become TIFF (or MRC with ``fmt="mrc"``). An explicit ``.tif``/``.mrc`` OUTPUT
-file name wins over the input's format. The pixel size is kept. Pixels are float32 (the denoised values in the
+kept), OME-Zarr stays OME-Zarr; DM3/DM4, SER, EMD and npy become TIFF (or MRC with ``fmt="mrc"``, OME-Zarr with
+``fmt="zarr"``). An explicit ``.tif``/``.mrc``/``.ome.zarr`` OUTPUT name wins over the input's format. An OME-Zarr
+output (:mod:`emlive.core.zarrio`) is written one chunk per frame with a completion record per frame;
+``resume=True`` (``--resume``) continues an interrupted one, computing only the frames without a record.
+The pixel size is kept. Pixels are float32 (the denoised values in the
 input's units) by default; ``dtype="input"`` writes the input file's pixel type instead: values are rounded to
 the nearest integer (half to even) and clipped to the type's range (e.g. negative values become 0 in uint16).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -39,12 +43,15 @@ from emlive.core.readers import (
     NPY_SUFFIXES,
     SER_SUFFIXES,
     TIFF_SUFFIXES,
+    ZARR_SUFFIXES,
     Movie,
     find_movies,
+    is_zarr_path,
     load_gain,
     open_movie,
 )
 from emlive.core.writers import WRITER_SUFFIXES, open_writer
+from emlive.core.zarrio import ZarrMovieStore, zarr_stem
 
 if TYPE_CHECKING:
     from emlive.export.runtime import Denoiser
@@ -57,6 +64,11 @@ class OutputFormat(StrEnum):
 
     TIFF = "tif"
     MRC = "mrc"
+    ZARR = "ome.zarr"  # an OME-Zarr folder, written chunk by chunk (emlive.core.zarrio); resumable
+
+    @classmethod
+    def _missing_(cls, value: object) -> OutputFormat | None:
+        return cls.ZARR if str(value).lower() in ("zarr", "ome-zarr", "omezarr") else None
 
 
 class OutputDtype(StrEnum):
@@ -212,12 +224,18 @@ def _as_dtype(dtype: OutputDtype | str) -> OutputDtype:
 
 # --- planning: which movie goes where --------------------------------------------------------------------------
 def _format_of_file(path: Path) -> OutputFormat:
-    return OutputFormat.MRC if path.suffix.lower() in MRC_SUFFIXES else OutputFormat.TIFF
+    suffix = path.suffix.lower()
+    if suffix in ZARR_SUFFIXES:
+        return OutputFormat.ZARR
+    return OutputFormat.MRC if suffix in MRC_SUFFIXES else OutputFormat.TIFF
 
 
 def _default_name(movie_path: Path, fmt: OutputFormat | None) -> tuple[str, OutputFormat]:
     """Output file name (in a folder) for a movie: same stem; the input's suffix when the format is kept."""
     suffix = movie_path.suffix.lower()
+    if is_zarr_path(movie_path):  # an OME-Zarr input stays OME-Zarr unless asked otherwise
+        zarr_fmt = fmt or OutputFormat.ZARR
+        return zarr_stem(movie_path) + "." + zarr_fmt.value, zarr_fmt
     if movie_path.is_dir():
         return movie_path.name + "." + (fmt or OutputFormat.TIFF).value, fmt or OutputFormat.TIFF
     own = OutputFormat.MRC if suffix in MRC_SUFFIXES else OutputFormat.TIFF if suffix in TIFF_SUFFIXES else None
@@ -229,9 +247,11 @@ def _default_name(movie_path: Path, fmt: OutputFormat | None) -> tuple[str, Outp
 
 def _output_is_file(output: Path) -> bool:
     """True when OUTPUT names a movie file, False when it names a folder; raises on an unsupported suffix."""
+    suffix = output.suffix.lower()
+    if suffix in ZARR_SUFFIXES:  # an OME-Zarr output is a folder, existing (resume, overwrite) or not
+        return True
     if output.is_dir():
         return False
-    suffix = output.suffix.lower()
     if suffix in WRITER_SUFFIXES:
         return True
     if not suffix:
@@ -239,8 +259,8 @@ def _output_is_file(output: Path) -> bool:
     readable = DM_SUFFIXES | SER_SUFFIXES | EMD_SUFFIXES | NPY_SUFFIXES
     what = "emlive reads but does not write" if suffix in readable else "is not a movie format emlive writes"
     raise InputFileError(
-        f"{output}: the output suffix {output.suffix} {what}; name the output .tif/.tiff (TIFF) or .mrc/.mrcs "
-        "(MRC), or give a folder (an existing one, or a name without a suffix)"
+        f"{output}: the output suffix {output.suffix} {what}; name the output .tif/.tiff (TIFF), .mrc/.mrcs "
+        "(MRC) or .ome.zarr (OME-Zarr), or give a folder (an existing one, or a name without a suffix)"
     )
 
 
@@ -271,6 +291,7 @@ def _plan(
     frames: tuple[int | None, int | None],
     overwrite: bool,
     gain: np.ndarray | None,
+    resume: bool = False,
 ) -> list[_Job]:
     """Every (movie, output) pair, checked before any frame is denoised; raises EmliveError on the first problem."""
     if not input_path.exists():
@@ -318,12 +339,7 @@ def _plan(
             raise InputFileError(
                 f"{out_path}: the output would replace or sit inside its own input {movie_path}; choose another OUTPUT"
             )
-        if out_path.is_dir():
-            raise InputFileError(f"{out_path}: a folder is in the way of the output file; remove or rename it")
-        if out_path.exists() and not overwrite:
-            raise InputFileError(
-                f"{out_path}: the output exists; pass --overwrite to replace it, or choose another OUTPUT"
-            )
+        _check_existing(out_path, chosen, overwrite, resume)
         with open_movie(movie_path) as movie:
             shape = movie.shape
             file_dtype = movie.dtype  # before any gain: --dtype input means the file's own type
@@ -334,6 +350,22 @@ def _plan(
         start, stop = resolve_frames(frames, shape[0], movie_path)
         jobs.append(_Job(movie_path, out_path, chosen, out_dtype, start, stop, shape))
     return jobs
+
+
+def _check_existing(out_path: Path, fmt: OutputFormat, overwrite: bool, resume: bool) -> None:
+    """Refuse an output in the way: a folder where a file goes, an existing output without --overwrite/--resume."""
+    if resume and fmt != OutputFormat.ZARR:
+        raise ConfigError(
+            f"{out_path}: --resume continues OME-Zarr outputs only (they record each complete frame); TIFF and "
+            "MRC outputs are written from the start: drop --resume, or write -o NAME.ome.zarr / --format zarr"
+        )
+    if out_path.is_dir() and fmt != OutputFormat.ZARR:
+        raise InputFileError(f"{out_path}: a folder is in the way of the output file; remove or rename it")
+    if out_path.exists() and not (overwrite or resume):
+        fix = " or --resume to finish an interrupted run (complete frames are kept)" if fmt == OutputFormat.ZARR else ""
+        raise InputFileError(
+            f"{out_path}: the output exists; pass --overwrite to replace it{fix}, or choose another OUTPUT"
+        )
 
 
 # --- running ---------------------------------------------------------------------------------------------------
@@ -372,12 +404,15 @@ def denoise_to_file(
     stop: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> MovieReport:
-    """Denoise frames ``start..stop-1`` of an open ``movie`` into ``output`` (.tif/.tiff/.mrc/.mrcs), frame by frame.
+    """Denoise frames ``start..stop-1`` of an open ``movie`` into ``output`` (.tif/.tiff/.mrc/.mrcs/.zarr), frame by
+    frame.
 
     Each denoised frame is appended to the file as soon as the runtime yields it; nothing holds more than the
     runtime's window of frames. The pixel size is kept. ``dtype`` is the output's pixel type (integers: rounded,
-    clipped). Returns the timing (reading, denoising and writing together).
+    clipped). Returns the timing (reading, denoising and writing together). A ``.zarr`` output is an OME-Zarr
+    image written chunk by chunk (:func:`denoise_to_zarr`; ``resume`` continues an interrupted one).
     """
     out = Path(output)
     n, height, width = movie.shape
@@ -386,6 +421,13 @@ def denoise_to_file(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputFileError(f"{out}: cannot create the folder {out.parent} ({exc}); choose another OUTPUT") from exc
+    if out.suffix.lower() in ZARR_SUFFIXES:
+        return denoise_to_zarr(
+            movie, out, denoiser, dtype=dtype, start=start, stop=stop, overwrite=overwrite, resume=resume,
+            progress=progress,
+        )  # fmt: skip
+    if resume:
+        raise ConfigError(f"{out}: resume=True continues OME-Zarr outputs only; write {out.stem}.ome.zarr")
     frames = stop - start
     name = movie.path.name or str(movie.path)
     began = time.perf_counter()
@@ -435,6 +477,104 @@ def denoise_to_file(
     )
 
 
+def _zarr_attributes(movie: Movie, denoiser: Denoiser, start: int, stop: int) -> dict[str, Any]:
+    """What an OME-Zarr output records of its making: the source, its frames, the model and its card."""
+    card = denoiser.card.model_dump(mode="json")
+    return {
+        "source": str(movie.path),
+        "source_frames": [start, stop],
+        "model": str(getattr(denoiser, "source", "")),
+        "model_card": json.loads(json.dumps(card)),
+    }
+
+
+def open_zarr_output(
+    out: Path,
+    movie: Movie,
+    denoiser: Denoiser,
+    dtype: np.dtype[Any],
+    start: int,
+    stop: int,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> ZarrMovieStore:
+    """The OME-Zarr store for frames ``start..stop-1`` of ``movie``: created, or (``resume``, when it exists)
+    reopened after checking it was made from the same frames, shape, pixel type and model card."""
+    shape = (stop - start, movie.shape[1], movie.shape[2])
+    attributes = _zarr_attributes(movie, denoiser, start, stop)
+    if not (resume and out.exists()):
+        return ZarrMovieStore.create(
+            out, shape, dtype, movie.pixel_size_nm, attributes=attributes, overwrite=overwrite
+        )
+    store = ZarrMovieStore.open(out)
+    old = store.attributes
+    checks = [
+        ("frames (T, H, W)", list(store.shape), list(shape)),
+        ("pixel type", str(store.dtype), str(np.dtype(dtype))),
+        ("input frames [start, stop)", old.get("source_frames"), attributes["source_frames"]),
+        ("model card", old.get("model_card"), attributes["model_card"]),
+    ]
+    for what, before, now in checks:
+        if before != now:
+            raise ConfigError(
+                f"{out}: cannot resume: the store was written with {what} {before}, this run gives {now}; run the "
+                "same command as before (input, --frames, --dtype, --model), or pass --overwrite to start again"
+            )
+    if old.get("source") != attributes["source"]:
+        logger.info("%s: resuming a store made from %s with %s", out, old.get("source"), movie.path)
+    return store
+
+
+def denoise_to_zarr(
+    movie: Movie,
+    output: str | Path,
+    denoiser: Denoiser,
+    *,
+    dtype: np.dtype[Any] | str | type = np.float32,
+    start: int = 0,
+    stop: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> MovieReport:
+    """Denoise frames ``start..stop-1`` into an OME-Zarr store, one chunk (frame) at a time as the runtime yields
+    them. With ``resume`` an existing store of the same job keeps its complete frames and only the missing ones
+    are computed (each missing run with its own window margins, so the result equals a clean run bit for bit)."""
+    out = Path(output)
+    n, height, width = movie.shape
+    stop = n if stop is None else stop
+    out_dtype = np.dtype(dtype)
+    store = open_zarr_output(
+        out, movie, denoiser, out_dtype, start, stop, overwrite=overwrite, resume=resume
+    )
+    ranges = store.missing_ranges()
+    todo = sum(b - a for a, b in ranges)
+    if todo < stop - start:
+        logger.info("%s: resuming: %d of %d frames complete, writing %d", out, stop - start - todo, stop - start, todo)
+    began = time.perf_counter()
+    written = 0
+    with _progress(todo, movie.path.name or str(movie.path), progress) as bar:
+        try:
+            for a, b in ranges:
+                for t, frame in denoiser.denoise_movie(movie, start + a, start + b):
+                    store.write_frame(t - start, frame)
+                    written += 1
+                    bar.update(1)
+        except InputDataError as exc:
+            raise InputDataError(f"{movie.path}: {exc}") from exc
+        finally:
+            if written < todo:
+                logger.error("%s: stopped after %d of %d frames; --resume writes only the rest", out, written, todo)
+    if not store.finish():
+        raise RuntimeError(f"{out}: frames {store.missing_ranges()} are still missing after the run: this is a bug")
+    return MovieReport(
+        input=str(movie.path), output=str(out), format=OutputFormat.ZARR.value, dtype=str(out_dtype),
+        frames=written, start=start, stop=stop, height=height, width=width, pixel_size_nm=movie.pixel_size_nm,
+        seconds=time.perf_counter() - began,
+    )  # fmt: skip
+
+
 def denoise_path(
     input: str | Path,
     output: str | Path,
@@ -449,6 +589,7 @@ def denoise_path(
     threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> DenoiseReport:
     """Denoise a movie, or every movie of a folder, with a trained model; returns what was done and how fast.
 
@@ -458,7 +599,9 @@ def denoise_path(
     ``tile`` and ``threads`` then do not apply). ``dtype``: "float32" or "input" (the input file's type, rounded
     and clipped). ``fmt``: "tif" or "mrc" instead of the input's format. ``gain``: a gain reference multiplying
     every raw frame. ``frames``: "a:b" or (a, b), frames a..b-1 of each movie (the windows still read the frames
-    around them). Everything is checked before the first frame is computed; errors are EmliveError subclasses.
+    around them). ``resume``: an existing OME-Zarr output of the same job keeps its complete frames and only the
+    missing ones are computed. Everything is checked before the first frame is computed; errors are EmliveError
+    subclasses.
     """
     input_path = Path(input)
     out_path = Path(output)
@@ -477,7 +620,7 @@ def denoise_path(
         if not Path(gain).exists():
             raise InputFileError(f"{gain}: no such gain reference; check the --gain path")
         gain_image = load_gain(gain)
-    jobs = _plan(input_path, out_path, out_fmt, out_dtype, frame_range, overwrite, gain_image)
+    jobs = _plan(input_path, out_path, out_fmt, out_dtype, frame_range, overwrite, gain_image, resume=resume)
 
     began = time.perf_counter()
     if isinstance(model, str | Path):
@@ -524,6 +667,7 @@ def denoise_path(
                 stop=job.stop,
                 overwrite=overwrite,
                 progress=progress,
+                resume=resume,
             )
         logger.info(
             "wrote %s: %d frames in %.2f s (%.2f frames/s, %.2f MP/s)",

@@ -5,6 +5,9 @@
    output) against bare pyzmq PUSH -> PULL throughput, measured in the same run, at 512x512 and 4096x4096 uint16.
    Both are fed the same way: a sender thread pushes pre-encoded emlive/1 messages as fast as the socket takes
    them. The service runs lossless (PULL input, every frame published); its rate is published frames per second.
+   The bare PULL only receives; a second baseline, the bare *relay*, also publishes each received message on an
+   XPUB, as the service does (the same sockets; no decoding, no window): ``ratio_to_relay``. ``--no-model``
+   runs the overhead part only.
 2. **Real model on CPU** (a random-weight network of the real architecture; ``--model`` for a trained one): the
    model's own rate (``denoise_window`` in a loop), then the service in live mode fed at twice that rate by the
    detector simulator: output rate, latency percentiles (window complete -> published, and center frame received
@@ -45,13 +48,20 @@ logger = logging.getLogger("emlive.bench.stream")
 LOCAL = "tcp://127.0.0.1:0"
 
 
+OUTPUTS = ("input", "float32")
+"""What the passthrough returns: the received frame itself (the service can then send the received bytes on, as
+with ``publish_raw``), or a float32 frame of its own, as a real model's output (1 MB at 512 x 512, 2x the input)."""
+
+
 class IdentityStream:
     """BENCHMARK ONLY. The streaming API of :class:`IdentityDenoiser`: keeps a reference to the last frame of each
     index mod N (no copy, no normalisation) and returns the center frame as received."""
 
-    def __init__(self, frames: int) -> None:
+    def __init__(self, frames: int, output: str = "input") -> None:
         self._n = frames
         self._held: list[tuple[int, np.ndarray] | None] = [None] * frames
+        self._float32 = output == "float32"
+        self._out: np.ndarray | None = None
 
     def holds(self, index: int) -> bool:
         held = self._held[index % self._n]
@@ -68,7 +78,11 @@ class IdentityStream:
     def denoise(self, indices: Sequence[int | None]) -> np.ndarray:
         held = self._held[int(indices[self._n // 2] or 0) % self._n]
         assert held is not None
-        return held[1]
+        if not self._float32:
+            return held[1]
+        if self._out is None or self._out.shape != held[1].shape:  # a new float32 buffer, as a model's output
+            self._out = np.zeros(held[1].shape, np.float32)
+        return self._out
 
 
 class IdentityDenoiser:
@@ -83,11 +97,13 @@ class IdentityDenoiser:
     backend = "identity (benchmark only)"
     device = "cpu"
 
-    def __init__(self, frames: int = 5, api: str = "stream") -> None:
+    def __init__(self, frames: int = 5, api: str = "stream", output: str = "input") -> None:
         self.frames = frames
         self.card = SimpleNamespace(name="identity-passthrough (benchmark only)", network=None)
+        if output not in OUTPUTS:
+            raise ValueError(f"identity output {output!r}: use one of {', '.join(OUTPUTS)}")
         if api == "stream":
-            self.stream = lambda shape, dtype: IdentityStream(frames)
+            self.stream = lambda shape, dtype: IdentityStream(frames, output)
         elif api != "window":
             raise ValueError(f"identity api {api!r}: use stream or window")
 
@@ -121,18 +137,22 @@ def _sender(sock: zmq.Socket[Any], frame: np.ndarray, headers: list[bytes], tail
         sock.send_multipart(tail)
 
 
-def bare_throughput(size: int, count: int, hwm: int = 8) -> dict[str, Any]:
-    """Frames/s of bare pyzmq PUSH -> PULL (zero-copy, emlive/1 header + frame) for ``count`` frames."""
+def bare_throughput(size: int, count: int, hwm: int = 8, relay: bool = False) -> dict[str, Any]:
+    """Frames/s of bare pyzmq PUSH -> PULL (zero-copy, emlive/1 header + frame) for ``count`` frames; ``relay``:
+    each received message is also published on an XPUB (the received frames themselves: no copy), as a service
+    that does nothing else would."""
     frame, headers = _messages(size, count, "bare")
     ctx: zmq.Context[Any] = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     push = ctx.socket(zmq.PUSH)
-    for s in (pull, push):
+    out = ctx.socket(zmq.XPUB)
+    for s in (pull, push, out):
         s.setsockopt(zmq.SNDHWM, hwm)
         s.setsockopt(zmq.RCVHWM, hwm)
         s.setsockopt(zmq.LINGER, 0)
     try:
         port = pull.bind_to_random_port("tcp://127.0.0.1")
+        out.bind_to_random_port("tcp://127.0.0.1")
         push.connect(f"tcp://127.0.0.1:{port}")
         sender = threading.Thread(target=_sender, args=(push, frame, headers, None), daemon=True)
         sender.start()
@@ -142,6 +162,8 @@ def bare_throughput(size: int, count: int, hwm: int = 8) -> dict[str, Any]:
         while n < count:
             parts = pull.recv_multipart(copy=False)
             np.frombuffer(parts[1].buffer, dtype=np.uint16)
+            if relay:
+                out.send_multipart(parts, copy=False)
             n += 1
         elapsed = time.perf_counter() - t0
         sender.join()
@@ -149,12 +171,15 @@ def bare_throughput(size: int, count: int, hwm: int = 8) -> dict[str, Any]:
     finally:
         push.close()
         pull.close()
+        out.close()
         ctx.term()
     fps = (count - 1) / elapsed
     return {"frames": count, "fps": round(fps, 2), "MB_per_s": round(fps * frame.nbytes / 2**20, 1)}
 
 
-def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int, api: str = "stream") -> None:
+def _identity_service(
+    endpoint: str, hwm: int, conn: Any, parent: int, api: str = "stream", output: str = "input"
+) -> None:
     """Child process: the service with the identity model, lossless PULL from ``endpoint``; stopped by control,
     and by SIGTERM if the benchmark (``parent``) dies, however it dies."""
     die_with_parent(parent)
@@ -172,14 +197,16 @@ def _identity_service(endpoint: str, hwm: int, conn: Any, parent: int, api: str 
         output_hwm=64,
         status_interval_s=3600,
     )
-    svc = DenoiseService(config, denoiser=IdentityDenoiser(api=api))
+    svc = DenoiseService(config, denoiser=IdentityDenoiser(api=api, output=output))
     svc.start()
     conn.send(svc.endpoints)
     conn.close()
     svc.run()
 
 
-def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8, api: str = "stream") -> dict[str, Any]:
+def service_throughput(
+    size: int, count: int, subscriber: bool, hwm: int = 8, api: str = "stream", output: str = "input"
+) -> dict[str, Any]:
     """Frames/s through the service (identity model, lossless PULL input, its own process) for ``count`` frames.
 
     Without ``subscriber`` the rate is the service's own publishing rate (first to last frame published); with
@@ -198,7 +225,7 @@ def service_throughput(size: int, count: int, subscriber: bool, hwm: int = 8, ap
     port = push.bind_to_random_port("tcp://127.0.0.1")
     parent, child = mp.Pipe()
     proc = mp.Process(
-        target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child, os.getpid(), api), daemon=True
+        target=_identity_service, args=(f"tcp://127.0.0.1:{port}", hwm, child, os.getpid(), api, output), daemon=True
     )
     proc.start()
     received = 0
@@ -372,23 +399,31 @@ def overhead(size: int, seconds: float, rounds: int, api: str = "stream") -> dic
     mb = size * size * 2 / 2**20
     probe = bare_throughput(size, max(8, min(400, int(200 / mb))))
     count = int(max(30, min(20000, probe["fps"] * seconds)))
-    bare, alone, with_sub = [], [], []
+    bare, relay, alone, with_sub, f32 = [], [], [], [], []
     for r in range(rounds):
         logger.info("%dx%d round %d/%d: %d frames each", size, size, r + 1, rounds, count)
         bare.append(bare_throughput(size, count))
+        relay.append(bare_throughput(size, count, relay=True))
         alone.append(service_throughput(size, count, subscriber=False, api=api))
         with_sub.append(service_throughput(size, count, subscriber=True, api=api))
-    b, s0, s1 = _median_run(bare), _median_run(alone), _median_run(with_sub)
+        f32.append(service_throughput(size, count, subscriber=False, api=api, output="float32"))
+    b, br, s0, s1 = _median_run(bare), _median_run(relay), _median_run(alone), _median_run(with_sub)
+    sf = _median_run(f32)
     return {
         "size": size,
         "identity_api": api,
         "frames": count,
         "rounds": rounds,
         "bare_pyzmq": b,
+        "bare_pyzmq_relay": br,
         "service_identity": s0,
         "service_identity_to_subscriber": s1,
+        "service_identity_float32_output": sf,
         "ratio": round(s0["fps"] / b["fps"], 3) if b["fps"] else None,
+        "ratio_float32_output": round(sf["fps"] / b["fps"], 3) if b["fps"] else None,
         "ratio_to_subscriber": round(s1["fps"] / b["fps"], 3) if b["fps"] else None,
+        "ratio_to_relay": round(s0["fps"] / br["fps"], 3) if br["fps"] else None,
+        "ratios_per_round": [round(s["fps"] / x["fps"], 3) for s, x in zip(alone, bare, strict=True) if x["fps"]],
     }
 
 
@@ -404,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model-seconds", type=float, default=20.0, help="duration of the 2x overload run")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the real model")
     parser.add_argument("--quick", action="store_true", help="short runs, one round (a smoke test; noisy numbers)")
+    parser.add_argument("--no-model", action="store_true", help="the overhead comparison only (no real-model runs)")
     parser.add_argument(
         "--identity-api",
         choices=("stream", "window"),
@@ -433,9 +469,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row["service_identity_to_subscriber"]["fps"],
             100 * (row["ratio_to_subscriber"] or 0),
         )
-    results["real_model"] = real_model_runs(
-        args.model, args.model_width, args.model_size, model_seconds, args.threads, args.out
-    )
+    if not args.no_model:
+        results["real_model"] = real_model_runs(
+            args.model, args.model_width, args.model_size, model_seconds, args.threads, args.out
+        )
     results["machine"]["load_avg_at_end"] = list(os.getloadavg())
     (args.out / "stream.json").write_text(json.dumps(results, indent=2))
     _table(results)
@@ -447,7 +484,7 @@ def _table(results: dict[str, Any]) -> None:
     w("\nservice overhead: identity model (passthrough, benchmark only) vs bare pyzmq PUSH->PULL, medians\n")
     w(
         f"{'frame':>10} {'bare fps':>10} {'bare MB/s':>10} {'service fps':>12} {'ratio':>6} "
-        f"{'->sub fps':>10} {'ratio':>6}"
+        f"{'->sub fps':>10} {'ratio':>6} {'relay fps':>10} {'ratio':>6} {'f32 out fps':>11} {'ratio':>6}"
         "  stage means ms (decode/window/publish)\n"
     )
     for row in results["overhead"]:
@@ -455,9 +492,15 @@ def _table(results: dict[str, Any]) -> None:
         st = s["stage_mean_ms"]
         w(
             f"{row['size']:>5}x{row['size']:<4} {b['fps']:>10.1f} {b['MB_per_s']:>10.0f} {s['fps']:>12.1f} "
-            f"{row['ratio']:>6.2f} {s1['fps']:>10.1f} {row['ratio_to_subscriber']:>6.2f}  "
+            f"{row['ratio']:>6.2f} {s1['fps']:>10.1f} {row['ratio_to_subscriber']:>6.2f} "
+            f"{row['bare_pyzmq_relay']['fps']:>10.1f} {row['ratio_to_relay']:>6.2f} "
+            f"{row['service_identity_float32_output']['fps']:>11.1f} {row['ratio_float32_output']:>6.2f}  "
             f"{st['decode']}/{st['window']}/{st['publish']}\n"
         )
+    w("  (ratio: service / bare PULL; relay: a bare PULL that also publishes each message on an XPUB; f32 out: the\n"
+      "   passthrough returns a float32 frame of its own, as a real model does, instead of the received one)\n")
+    if "real_model" not in results:
+        return
     r = results["real_model"]
     lat, age, mem = r["latency_processing"], r["latency_age"], r["rss_mb"]
     w(

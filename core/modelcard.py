@@ -2,6 +2,9 @@
 
 Consumers (export, the inference runtime, the live service) read the architecture, the blind spot, the frame
 count and the normalisation from here instead of asking the user for flags again.
+
+Importable without torch (the light install reads the card of an ONNX export): ``load_checkpoint`` and
+``save_model`` forward to :mod:`emlive.core.checkpoint`, which needs the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import json
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emlive import __version__
-from emlive.core.errors import ModelFileError
-from emlive.core.network import NetworkConfig
-from emlive.core.networks import AnyNetwork, AnyNetworkConfig, create_network
+from emlive.core.errors import ModelFileError, require_training_stack
+from emlive.core.netconfig import AnyNetworkConfig, NetworkConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from emlive.core.networks import AnyNetwork
 
 log = logging.getLogger(__name__)
 
@@ -127,38 +133,17 @@ class ModelCard(BaseModel):
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[AnyNetwork, ModelCard]:
-    """Load a trained network and its card from an emlive checkpoint (``.ckpt`` from training, or ``.pt``).
+    """Load a trained network and its card from an emlive checkpoint (``.ckpt`` from training, or ``.pt``); see
+    :func:`emlive.core.checkpoint.load_checkpoint`. Needs torch (the ``train`` extra)."""
+    require_training_stack(f"{path}: loading a PyTorch checkpoint (use an exported .onnx model instead)")
+    from emlive.core import checkpoint
 
-    Uses ``torch.load(weights_only=True)``: a checkpoint cannot execute code when it is opened.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{p}: no such model file; give the path of a .ckpt checkpoint or an exported model")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files; all mean the same here
-        raise ModelFileError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or CARD_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ModelFileError(
-            f"{p}: not an emlive checkpoint (expected keys '{CARD_KEY}' and 'state_dict'); "
-            "train it with `emlive train` or pass an exported .onnx model"
-        )
-    card_data = ckpt[CARD_KEY]
-    card = ModelCard.from_json(card_data if isinstance(card_data, str) else json.dumps(card_data), str(p))
-    state = {k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    net = create_network(card.network)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{p}: weights do not match the card's network {card.network}: {exc}") from exc
-    net.eval()
-    return net, card  # type: ignore[return-value]  # create_network builds a registered AnyNetwork
+    return checkpoint.load_checkpoint(path, map_location)
 
 
 def save_model(path: str | Path, net: AnyNetwork, card: ModelCard) -> Path:
-    """Write a compact inference checkpoint (weights + card, no optimizer state) readable by load_checkpoint."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    state = {STATE_PREFIX + k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({CARD_KEY: card.to_json(), "state_dict": state}, p)
-    return p
+    """Write a compact inference checkpoint (weights + card); see :func:`emlive.core.checkpoint.save_model`."""
+    require_training_stack(f"{path}: writing a PyTorch checkpoint")
+    from emlive.core import checkpoint
+
+    return checkpoint.save_model(path, net, card)

@@ -1,7 +1,9 @@
 """The multi-frame, multi-scale blind-spot network (method.md, "The network").
 
 Shared by the trainer (which optimises it), the exporter (which turns it into ONNX) and the inference runtime
-(which loads checkpoints), so it lives in the shared package and depends on torch only.
+(which loads checkpoints), so it lives in the shared package and depends on torch only. Its pydantic config
+(:class:`~emlive.core.netconfig.NetworkConfig`, read with every model card) is in the torch-free
+:mod:`emlive.core.netconfig`.
 
 Structure, with width F and a (2a+1) x (2b+1) blind spot:
 
@@ -28,126 +30,18 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-NETWORK_SCHEMA_VERSION = 1
-
-
-class NetworkConfig(BaseModel):
-    """Architecture of the blind-spot network. Stored in every checkpoint and export (the model card)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["blindspot"] = Field("blindspot", description="Network family (the registry key).")
-    version: int = Field(NETWORK_SCHEMA_VERSION, description="Schema version of this section.")
-    frames: Annotated[int, Field(ge=1, le=9, description="Input frames N (odd); the center one is denoised.")] = 5
-    blind_spot: tuple[int, int] = Field(
-        (3, 3), description="Blind window (height, width) in pixels, odd sizes: 1x1, 3x3, 5x5, 1x3, 3x1, ..."
-    )
-    width: Annotated[int, Field(ge=8, le=256, description="Feature channels F (multiple of 4).")] = 64
-    scales: Annotated[int, Field(ge=1, le=5, description="Resolution levels (pooling by 2 between them).")] = 4
-    blocks: Annotated[int, Field(ge=0, le=8, description="Residual blocks per scale.")] = 2
-
-    @field_validator("frames")
-    @classmethod
-    def _odd_frames(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"frames={v}: the window must have an odd number of frames (1, 3, 5, 7, 9)")
-        return v
-
-    @field_validator("blind_spot")
-    @classmethod
-    def _odd_blind_spot(cls, v: tuple[int, int]) -> tuple[int, int]:
-        h, w = v
-        if h < 1 or w < 1 or h % 2 == 0 or w % 2 == 0 or h > 15 or w > 15:
-            raise ValueError(
-                f"blind_spot={list(v)}: height and width must be odd numbers from 1 to 15 (e.g. [3, 3] or [1, 3])"
-            )
-        return v
-
-    @field_validator("width")
-    @classmethod
-    def _width_multiple_of_4(cls, v: int) -> int:
-        if v % 4:
-            raise ValueError(f"width={v}: must be a multiple of 4 (the center/neighbour split is 3:1)")
-        return v
-
-    @model_validator(mode="after")
-    def _blind_spot_fits_receptive_field(self) -> NetworkConfig:
-        radius = receptive_radius(self)
-        half = max(self.blind_spot) // 2
-        if 4 * half > radius:
-            raise ValueError(
-                f"blind_spot={list(self.blind_spot)} is too large for a network of {self.scales} scales and "
-                f"{self.blocks} blocks (receptive radius {radius} px): the blind half-size must be at most a "
-                "quarter of the receptive radius; add scales/blocks or choose a smaller blind spot"
-            )
-        return self
-
-    @property
-    def pad_multiple(self) -> int:
-        return 2 ** (self.scales - 1)
-
-    @property
-    def receptive_radius(self) -> int:
-        """See :func:`receptive_radius`."""
-        return receptive_radius(self)
-
-    def macs_per_pixel(self) -> float:
-        """Multiply-accumulates per output pixel, from the layer sizes (the tests check it against the hook count
-        of :func:`macs_per_pixel`): the embeddings, 2 x ``blocks`` 3x3 convolutions per scale and one ring read-out
-        (8 taps) + 1x1 projection per read-out at 1/4^s of the pixels, and the 1x1 head."""
-        f, n = self.width, self.frames
-        center = f if n == 1 else 3 * f // 4
-        neighbours = 0 if n == 1 else 9 * (n - 1) * (f // 4) + (max(self.blind_spot) // 2) * 9 * (f // 4) ** 2
-        blocks = sum(2 * self.blocks * 9 * f * f / 4**s for s in range(self.scales))
-        plan = _readout_plan(self)
-        readouts = sum((8 + 1) * f * f / 4**s for s, _, _, _ in plan)
-        r = len(plan)
-        head = (r * f) * (r * f // 2) + (r * f // 2) * f + f
-        return center + neighbours + blocks + readouts + head
-
-
-def ring_dilation(radius: int, half: int, factor: int) -> int:
-    """Smallest dilation of a ring read-out that keeps the blind window (half-size ``half``) unseen.
-
-    ``radius`` is how far (in this scale's pixels) a feature has already seen the center frame, ``factor`` the
-    scale's pooling factor. Derivation in the module docstring.
-    """
-    if factor == 1:
-        return radius + half + 1
-    return math.floor(radius + 1.5 + (half - 0.5) / factor) + 1
-
-
-def _readout_plan(cfg: NetworkConfig) -> list[tuple[int, int, int, int]]:
-    """(scale, after_block, dilation_y, dilation_x) of every read-out; after_block 0 is the pooled base map."""
-    a, b = cfg.blind_spot[0] // 2, cfg.blind_spot[1] // 2
-    plan = []
-    for s in range(cfg.scales):
-        f = 2**s
-        after = range(cfg.blocks + 1) if s == 0 else sorted({0, cfg.blocks})
-        for k in after:
-            r = 2 * k
-            plan.append((s, k, ring_dilation(r, a, f), ring_dilation(r, b, f)))
-    return plan
-
-
-def receptive_radius(cfg: NetworkConfig) -> int:
-    """Radius in pixels beyond which an input pixel cannot influence an output pixel (an upper bound)."""
-    a, b = cfg.blind_spot[0] // 2, cfg.blind_spot[1] // 2
-    neighbour = 1 + max(a, b)  # the neighbour-frame branch's 3x3 convolutions
-    reach = 0
-    for s, k, dy, dx in _readout_plan(cfg):
-        f = 2**s
-        r = 2 * k
-        # ring offset + feature radius (pooled px), the pooling block and the bilinear support, in full-res px
-        reach = max(reach, f * (max(dy, dx) + r + 2) + f)
-    return reach + neighbour
+from emlive.core.netconfig import (  # noqa: F401 - the configs' home; re-exported for existing importers
+    NETWORK_SCHEMA_VERSION,
+    NetworkConfig,
+    readout_plan,
+    receptive_radius,
+    ring_dilation,
+)
 
 
 class RingConv2d(nn.Module):
@@ -240,7 +134,7 @@ class BlindSpotNet(nn.Module):
                 neighbour_layers += [_conv(cin, width // 4, 3), nn.GELU()]
                 cin = width // 4
         self.neighbour_embed = nn.Sequential(*neighbour_layers)
-        self.plan = _readout_plan(cfg)
+        self.plan = readout_plan(cfg)
         self.blocks = nn.ModuleDict(
             {f"s{s}_b{k}": ResidualBlock(width) for s in range(cfg.scales) for k in range(1, cfg.blocks + 1)}
         )

@@ -3,22 +3,29 @@
 ``register_network("blindspot", NetworkConfig)`` ties a config class (whose ``kind`` field names the family) to
 its ``nn.Module``; :func:`create_network` builds the module for any registered config. A card's ``network`` is
 :data:`AnyNetworkConfig`, a union discriminated by ``kind``; a section without ``kind`` (every card written before
-students existed) is a blind-spot network.
+students existed) is a blind-spot network. The configs and that union are torch-free, in
+:mod:`emlive.core.netconfig`; this module holds the torch side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, Discriminator, Tag
+from pydantic import BaseModel
 from torch import nn
 
 from emlive.core.errors import ConfigError
-from emlive.core.network import BlindSpotNet, NetworkConfig
-from emlive.core.student import StudentConfig, StudentNet
-
-DEFAULT_KIND = "blindspot"
+from emlive.core.netconfig import (  # noqa: F401 - the torch-free configs, re-exported for existing importers
+    DEFAULT_KIND,
+    AnyNetworkConfig,
+    NetworkConfig,
+    StudentConfig,
+    network_kind,
+    network_macs_per_pixel,
+)
+from emlive.core.network import BlindSpotNet
+from emlive.core.student import StudentNet
 
 _REGISTRY: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {}
 
@@ -41,13 +48,6 @@ def network_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def network_kind(config: Any) -> str:
-    """The family of a config object or raw dict (``blindspot`` when it names none)."""
-    if isinstance(config, dict):
-        return str(config.get("kind", DEFAULT_KIND))
-    return str(getattr(config, "kind", DEFAULT_KIND))
-
-
 def create_network(config: BaseModel) -> nn.Module:
     """A fresh (untrained) module of the family ``config`` belongs to."""
     kind = network_kind(config)
@@ -59,18 +59,7 @@ def create_network(config: BaseModel) -> nn.Module:
     return module_class(config)
 
 
-def network_macs_per_pixel(config: NetworkConfig | StudentConfig) -> float:
-    """Multiply-accumulates per output pixel of any registered network."""
-    return config.macs_per_pixel()
-
-
 register_network("blindspot", NetworkConfig)(BlindSpotNet)
 register_network("student", StudentConfig)(StudentNet)
-
-AnyNetworkConfig = Annotated[
-    Annotated[NetworkConfig, Tag("blindspot")] | Annotated[StudentConfig, Tag("student")],
-    Discriminator(network_kind),
-]
-"""A card's ``network`` section: a blind-spot network (``kind`` absent or ``blindspot``) or a student."""
 
 AnyNetwork = BlindSpotNet | StudentNet

@@ -37,7 +37,7 @@ values (float64 up to 1.8e308) are scaled by a power of two before summing, so t
 int16 (1), float32 (2), uint16 (6) and float16 (12) only. uint8 is widened to uint16 (as mrcfile does). 32-bit
 integers and float64 have no lossless MRC mode (float32 holds integers exactly only up to 2**24), so a recording
 of them to ``.mrc`` switches to TIFF for that acquisition, with a logged warning, instead of losing data or
-stopping (:mod:`emlive.stream.recording`). TIFF stores every type as itself.
+stopping (:mod:`emlive.stream.recording`). TIFF and OME-Zarr store every type as itself.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import numpy as np
 
 from emlive.core.errors import EmliveError, InputDataError
 
-Format = Literal["tiff", "mrc"]
-FORMATS: tuple[Format, ...] = ("tiff", "mrc")
+Format = Literal["tiff", "mrc", "zarr"]
+FORMATS: tuple[Format, ...] = ("tiff", "mrc", "zarr")
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,11 @@ def _format(fmt: str) -> Format:
         return "tiff"
     if name in ("mrc", "mrcs"):
         return "mrc"
-    raise InputDataError(f"movie format {fmt!r} is not one emlive writes; use tiff (.tif/.tiff) or mrc (.mrc/.mrcs)")
+    if name in ("zarr", "ome.zarr"):
+        return "zarr"
+    raise InputDataError(
+        f"movie format {fmt!r} is not one emlive writes; use tiff (.tif/.tiff), mrc (.mrc/.mrcs) or zarr (.zarr)"
+    )
 
 
 def storage_dtype(dtype: Any, fmt: str) -> np.dtype[Any] | None:
@@ -163,7 +167,7 @@ def storage_dtype(dtype: Any, fmt: str) -> np.dtype[Any] | None:
     found = pixel_type(dtype)
     if found is None:
         return None
-    if _format(fmt) == "tiff":
+    if _format(fmt) in ("tiff", "zarr"):  # both store every type as itself
         return found.dtype
     return None if found.mrc is None else np.dtype(found.mrc)
 

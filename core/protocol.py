@@ -294,6 +294,13 @@ def _part_buffer(part: Part) -> memoryview:
     return memoryview(part)
 
 
+def _part_bytes(part: Part) -> bytes | memoryview:
+    """A header part's bytes without an extra copy where the part has them (``Frame.bytes`` is cached)."""
+    if isinstance(part, zmq.Frame):
+        return part.bytes
+    return part if isinstance(part, bytes) else memoryview(part)
+
+
 def _where(raw: Mapping[str, Any]) -> str:
     kind = raw.get("type")
     acq = raw.get("acquisition")
@@ -380,9 +387,31 @@ def _number(raw: Mapping[str, Any], key: str) -> float:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{_where(raw)}: {key}={value!r} must be a JSON number", "bad_field")
-    if not math.isfinite(value):
-        raise ProtocolError(f"{_where(raw)}: {key}={value!r} must be finite", "bad_field")
-    return float(value)
+    try:
+        number = float(value)  # an integer beyond a double's range overflows (JSON allows any number of digits)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ProtocolError(f"{_where(raw)}: {key}={_short(value)} must be a finite number", "bad_field")
+    return number
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a number can have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _index(raw: Mapping[str, Any]) -> int:
+    """The ``index`` field: a JSON integer from 0 to :data:`MAX_INDEX`."""
+    index = _int(raw, "index")
+    if not 0 <= index <= MAX_INDEX:
+        raise ProtocolError(
+            f"{_where(raw)}: index={_short(index)} is out of range; frame indices count from 0 and must stay at most "
+            f"{MAX_INDEX} (2^53 - 1, exact in every JSON reader)",
+            "bad_index",
+        )
+    return index
 
 
 def parse_header(raw: Mapping[str, Any], max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Header:
@@ -417,15 +446,7 @@ def parse_header(raw: Mapping[str, Any], max_frame_bytes: int = DEFAULT_MAX_FRAM
             "bad_field",
         )
     timestamp = _number(raw, "timestamp")
-    index = None
-    if "index" in raw:
-        index = _int(raw, "index")
-        if not 0 <= index <= MAX_INDEX:
-            raise ProtocolError(
-                f"{_where(raw)}: index={index} is out of range; frame indices count from 0 and must stay at most "
-                f"{MAX_INDEX} (2^53 - 1, exact in every JSON reader)",
-                "bad_index",
-            )
+    index = _index(raw) if "index" in raw else None
     shape = None
     if "shape" in raw:
         shape_raw = raw["shape"]
@@ -494,18 +515,108 @@ def parse_header(raw: Mapping[str, Any], max_frame_bytes: int = DEFAULT_MAX_FRAM
     )
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a frame's pixels lie in its payload: read from a validated header, reused for the next frames."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype[Any]
+    nbytes: int
+    finite_checked: bool
+
+    @classmethod
+    def of(cls, header: Header) -> _Layout:
+        assert header.shape is not None  # parse_header requires it for frames
+        dtype = header.numpy_dtype
+        checked = pixel_type(dtype)
+        nbytes = header.shape[0] * header.shape[1] * dtype.itemsize
+        return cls(header.shape, dtype, nbytes, checked is not None and checked.finite_checked)
+
+
+_ABSENT = object()
+_VARYING = ("index", "timestamp")  # the fields a stream's frame headers change from one frame to the next
+_FIXED = tuple(sorted(RESERVED_KEYS.difference(_VARYING, ("shape",))))  # compared as they are; shape: below
+
+
+class HeaderCache:
+    """The fixed fields of the last frame header :func:`parse_header` accepted, so that :func:`decode` checks
+    the next frames of the same stream only where frame headers differ.
+
+    A receiver decodes thousands of frames a second whose headers differ only in ``index``, ``timestamp`` and,
+    maybe, extra keys. A header is taken from the cache only when every other protocol field is present or
+    absent as in the accepted one and holds the same JSON value of the same type (``512`` is not ``512.0``
+    nor ``true``), with the same ``max_frame_bytes``: the full check would pass those fields again.
+    ``index`` and ``timestamp`` are checked as always (by the same functions); anything else goes the full way,
+    which raises the errors. Extra keys are passed through, as always. One cache per stream (not thread-safe).
+    """
+
+    def __init__(self) -> None:
+        self._template: Header | None = None
+        self.layout: _Layout | None = None
+        self._absent: tuple[Any, ...] = ()
+        self._values: tuple[Any, ...] = ()
+        self._types: tuple[type, ...] = ()
+        self._keys = 0  # the protocol fields the template's header had
+        self._max = -1
+
+    def remember(self, raw: Mapping[str, Any], header: Header, max_frame_bytes: int, layout: _Layout) -> None:
+        """Keep ``header`` (just accepted by the full check from ``raw``) as the template of the next frames."""
+        self._absent = (_ABSENT,) * len(_FIXED)
+        self._values = tuple(map(raw.get, _FIXED, self._absent))
+        self._types = tuple(map(type, self._values))
+        self._keys = sum(key in raw for key in RESERVED_KEYS)
+        self._template, self.layout, self._max = header, layout, max_frame_bytes
+
+    def lookup(self, raw: Mapping[str, Any], max_frame_bytes: int) -> Header | None:
+        """The header of ``raw`` when its fixed fields are the template's (None: check it the full way)."""
+        template = self._template
+        if template is None or max_frame_bytes != self._max or not self._same_fixed(raw, template.shape):
+            return None
+        timestamp = _number(raw, "timestamp")  # the rules of the full check, in its order
+        index = _index(raw)
+        extra = {} if len(raw) == self._keys else {k: v for k, v in raw.items() if k not in RESERVED_KEYS}
+        # the template with the varying fields replaced: Header is a frozen dataclass that checks nothing in its
+        # __init__, so filling a new one's __dict__ (a fifth of the cost of __init__) skips nothing
+        header = object.__new__(Header)
+        header.__dict__.update(template.__dict__, timestamp=timestamp, index=index, extra=extra)
+        return header
+
+    def _same_fixed(self, raw: Mapping[str, Any], shape: tuple[int, int] | None) -> bool:
+        values = tuple(map(raw.get, _FIXED, self._absent))  # (C loops: a per-frame cost)
+        if values != self._values or tuple(map(type, values)) != self._types:
+            return False
+        if "index" not in raw or "timestamp" not in raw:
+            return False
+        found = raw.get("shape")
+        return (
+            found.__class__ is list
+            and len(found) == 2
+            and found[0].__class__ is int
+            and found[1].__class__ is int
+            and shape == (found[0], found[1])
+        )
+
+
 def decode(
-    parts: Sequence[Part], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, check_finite: bool = True
+    parts: Sequence[Part],
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    check_finite: bool = True,
+    cache: HeaderCache | None = None,
 ) -> Message:
     """Decode and validate a received multipart message (from ``recv_multipart(copy=False)`` or bytes).
 
     The pixels of a frame message are a read-only (H, W) view on the received buffer. With ``check_finite``,
-    float frames holding NaN or inf are refused.
+    float frames holding NaN or inf are refused. ``cache``: a :class:`HeaderCache` of this stream, so repeated
+    frame headers are checked only where they differ (the same verdicts, in less time).
     """
     if not parts:
         raise ProtocolError("empty message: a message needs a JSON header part", "bad_parts")
-    raw = parse_json_object(_part_buffer(parts[0]))
-    header = parse_header(raw, max_frame_bytes)
+    raw = parse_json_object(_part_bytes(parts[0]))
+    header = None if cache is None else cache.lookup(raw, max_frame_bytes)
+    layout = None if header is None or cache is None else cache.layout
+    if header is None:
+        header = parse_header(raw, max_frame_bytes)
     if header.type != "frame":
         if len(parts) != 1:
             raise ProtocolError(
@@ -516,29 +627,34 @@ def decode(
         raise ProtocolError(
             f"{_where(raw)} has {len(parts)} part(s); a frame message is exactly 2 parts: header, pixels", "bad_parts"
         )
-    if header.shape is None:  # parse_header requires it for frames; kept for the type checker
-        raise ProtocolError(f"{_where(raw)}: a frame message needs a shape", "missing_field")
-    dtype = header.numpy_dtype
-    buf = _part_buffer(parts[1])
-    expected = header.shape[0] * header.shape[1] * dtype.itemsize
+    if layout is None:
+        layout = _Layout.of(header)
+        if cache is not None:
+            cache.remember(raw, header, max_frame_bytes, layout)
+    return Message(header, _pixels(raw, parts[1], layout, check_finite))
+
+
+def _pixels(raw: Mapping[str, Any], part: Part, layout: _Layout, check_finite: bool) -> np.ndarray:
+    """The frame's pixels: a read-only (H, W) view on ``part``, checked for size (and NaN/inf)."""
+    buf = _part_buffer(part)
+    expected = layout.nbytes
     if buf.nbytes != expected:
         reason = "truncated" if buf.nbytes < expected else "oversized"
         raise ProtocolError(
-            f"{_where(raw)}: payload of {buf.nbytes} bytes, but shape {list(header.shape)} of {header.dtype} needs "
+            f"{_where(raw)}: payload of {buf.nbytes} bytes, but shape {list(layout.shape)} of {raw['dtype']} needs "
             f"{expected} bytes ({reason}); send exactly H*W*itemsize bytes in C order",
             reason,
         )
-    data = np.frombuffer(buf, dtype=dtype).reshape(header.shape)
+    data = np.ndarray(layout.shape, layout.dtype, buf)
     data.flags.writeable = False  # the buffer belongs to the message (and maybe to other readers of it)
-    checked = pixel_type(dtype)
-    if check_finite and checked is not None and checked.finite_checked and not np.isfinite(data).all():
+    if check_finite and layout.finite_checked and not np.isfinite(data).all():
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         raise ProtocolError(
             f"{_where(raw)}: {bad} pixel(s) are NaN or inf; frames must hold finite values (mask dead pixels with a "
             "finite value before sending)",
             "not_finite",
         )
-    return Message(header, data)
+    return data
 
 
 def encode_json(obj: Mapping[str, Any]) -> bytes:

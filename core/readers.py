@@ -16,7 +16,9 @@ per-frame read, never from loading the whole movie. :func:`open_movie` picks the
 * ``.emd``: Berkeley EMD v0.2 (the first ``emd_group_type = 1`` group, found with ``ncempy.io.emd.fileEMD``,
   data (T, H, W) or (H, W)) and Thermo Fisher Velox EMD (``/Data/Image/<id>/Data``, stored (H, W, T)); both read
   one frame at a time through h5py;
-* ``.npy``: a (T, H, W) or (H, W) NumPy array, memory-mapped.
+* ``.npy``: a (T, H, W) or (H, W) NumPy array, memory-mapped;
+* ``.zarr`` (a folder, e.g. ``movie.ome.zarr``): an OME-Zarr image (NGFF 0.4/0.5), read chunk by chunk by
+  :class:`emlive.core.zarrio.ZarrMovie` (the ``zarr`` extra).
 
 A gain reference (any of those formats holding one frame, a ``.npy`` file or an array) multiplies every frame;
 frames then come back as float32.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import json
 import logging
 import operator
@@ -61,6 +64,8 @@ DM_SUFFIXES = frozenset({".dm3", ".dm4"})
 SER_SUFFIXES = frozenset({".ser"})
 EMD_SUFFIXES = frozenset({".emd"})
 NPY_SUFFIXES = frozenset({".npy"})
+ZARR_SUFFIXES = frozenset({".zarr"})  # a folder: an OME-Zarr image (emlive.core.zarrio, the zarr extra)
+ZARR_METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")  # what makes a folder a Zarr store
 SUPPORTED_SUFFIXES: frozenset[str] = (
     TIFF_SUFFIXES | MRC_SUFFIXES | DM_SUFFIXES | SER_SUFFIXES | EMD_SUFFIXES | NPY_SUFFIXES
 )
@@ -820,13 +825,26 @@ class _MrcMovie(_MappedMovie):
 _DM_DTYPES: dict[int, str] = {1: "<i2", 2: "<f4", 6: "<u1", 7: "<i4", 9: "<i1", 10: "<u2", 11: "<u4", 12: "<f8"}
 
 
+DM_EXTRA_HINT = "pip install 'emlive[dm]' (ncempy, with matplotlib and hdf5plugin)"
+
+
+def _ncempy_io(module: str, path: Path) -> Any:
+    """``ncempy.io.<module>`` (the DM/SER/EMD parsers of the ``dm`` extra), or a clear error naming the extra."""
+    try:
+        return importlib.import_module(f"ncempy.io.{module}")
+    except ImportError as exc:
+        raise InputFileError(
+            f"{path}: reading {path.suffix} files needs ncempy, which is not installed ({exc}); {DM_EXTRA_HINT}"
+        ) from exc
+
+
 class _DmMovie(_MappedMovie):
     """A DigitalMicrograph DM3/DM4 file: the tag tree is parsed by ncempy, the image data memory-mapped."""
 
     _reopens = True
 
     def __init__(self, path: Path) -> None:
-        from ncempy.io import dm
+        dm = _ncempy_io("dm", path)
 
         size = _check_readable_file(path)
         with path.open("rb") as fh:
@@ -901,7 +919,7 @@ class _SerMovie(Movie):
     _reopens = True
 
     def __init__(self, path: Path) -> None:
-        from ncempy.io import ser
+        ser = _ncempy_io("ser", path)
 
         size = _check_readable_file(path)
         with _parse_errors(path, "a TIA SER file", (ser.NotSERError,)), ser.fileSER(path) as parsed:
@@ -992,7 +1010,7 @@ class _EmdMovie(Movie):
         super().__init__(path, shape, _native(dtype), pixel)
 
     def _open_berkeley(self, path: Path) -> tuple[Any, float | None]:
-        from ncempy.io import emd
+        emd = _ncempy_io("emd", path)
 
         extra = (emd.NoEmdDataSets, emd.UnsupportedEmdVersion)
         with _parse_errors(path, "a Berkeley EMD file", extra), emd.fileEMD(path, readonly=True) as parsed:
@@ -1071,6 +1089,20 @@ def _open_file(path: Path) -> Movie:
     )
 
 
+def is_zarr_path(path: str | Path) -> bool:
+    """True for a ``.zarr`` path, or a folder holding Zarr metadata (:data:`ZARR_METADATA_FILES`)."""
+    path = Path(path)
+    return path.suffix.lower() in ZARR_SUFFIXES or (
+        path.is_dir() and any((path / name).is_file() for name in ZARR_METADATA_FILES)
+    )
+
+
+def _open_zarr(path: Path) -> Movie:
+    from emlive.core.zarrio import ZarrMovie  # the zarr extra, imported only for OME-Zarr paths
+
+    return ZarrMovie(path)
+
+
 def open_movie(path: str | Path, gain: str | Path | np.ndarray | None = None) -> Movie:
     """Open a movie file, or a folder of single-page TIFFs, for lazy reading; optionally apply a gain reference.
 
@@ -1080,7 +1112,7 @@ def open_movie(path: str | Path, gain: str | Path | np.ndarray | None = None) ->
     p = Path(path)
     if not p.exists():
         raise InputFileError(f"{p}: no such file or folder; check the path")
-    movie = _TiffFolderMovie(p) if p.is_dir() else _open_file(p)
+    movie = _open_zarr(p) if is_zarr_path(p) else _TiffFolderMovie(p) if p.is_dir() else _open_file(p)
     if gain is not None:
         try:
             movie.set_gain(gain)
@@ -1146,11 +1178,14 @@ def find_movies(path: str | Path) -> list[Path]:
 
     A file gives ``[file]``. A folder gives: the folder itself when it holds two or more single-page TIFFs (one
     movie of them, see :func:`open_movie`), then each other movie file (multi-page TIFF, MRC, DM3/DM4, SER, EMD,
-    npy; a lone single-page TIFF is a one-frame movie) in natural order. Sub-folders are not searched.
+    npy, OME-Zarr folders; a lone single-page TIFF is a one-frame movie) in natural order. Other sub-folders are
+    not searched.
     """
     p = Path(path)
     if not p.exists():
         raise InputFileError(f"{p}: no such file or folder; check the path")
+    if is_zarr_path(p):
+        return [p]
     if p.is_file():
         if p.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise InputFileError(
@@ -1165,7 +1200,7 @@ def find_movies(path: str | Path) -> list[Path]:
         key=natural_sort_key,
     )
     singles: list[Path] = []
-    others: list[Path] = []
+    others: list[Path] = [f for f in p.iterdir() if f.is_dir() and is_zarr_path(f)]  # OME-Zarr images are folders
     for f in files:
         suffix = f.suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:

@@ -30,71 +30,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-STUDENT_SCHEMA_VERSION = 1
-
-
-class StudentConfig(BaseModel):
-    """Architecture of the student network. Stored in every student checkpoint and export (the model card)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["student"] = Field("student", description="Network family (the registry key).")
-    version: int = Field(STUDENT_SCHEMA_VERSION, description="Schema version of this section.")
-    frames: Annotated[int, Field(ge=1, le=9, description="Input frames N (odd); the center one is denoised.")] = 5
-    width: Annotated[int, Field(ge=4, le=256, description="Channels of the hidden convolutions.")] = 48
-    depth: Annotated[int, Field(ge=2, le=32, description="3x3 convolutions at the reduced resolution.")] = 6
-    unshuffle: Literal[1, 2, 4] = Field(2, description="Space-to-depth factor u: the body runs at H/u x W/u.")
-    stem: Literal["conv", "unshuffle"] = Field(
-        "conv", description="Space-to-depth as a u x u stride-u convolution, or pixel_unshuffle + 3x3 convolution."
-    )
-    activation: Literal["leaky_relu", "relu"] = "leaky_relu"
-    residual: Literal["center", "temporal_mean"] = Field(
-        "temporal_mean",
-        description="What the body's output is added to: the mean of the frames (trains much faster, see "
-        "docs/student.md) or the center frame.",
-    )
-
-    @field_validator("frames")
-    @classmethod
-    def _odd_frames(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"frames={v}: the window must have an odd number of frames (1, 3, 5, 7, 9)")
-        return v
-
-    @model_validator(mode="after")
-    def _check_version(self) -> StudentConfig:
-        if self.version != STUDENT_SCHEMA_VERSION:
-            raise ValueError(f"version={self.version}: this emlive reads student version {STUDENT_SCHEMA_VERSION}")
-        return self
-
-    @property
-    def pad_multiple(self) -> int:
-        return self.unshuffle
-
-    @property
-    def blind_spot(self) -> tuple[int, int]:
-        """(0, 0): a student has no blind window, it sees the pixel it predicts."""
-        return (0, 0)
-
-    @property
-    def receptive_radius(self) -> int:
-        """Radius in pixels beyond which an input pixel cannot influence an output pixel (an upper bound)."""
-        return self.unshuffle * (self.depth + 1)
-
-    def macs_per_pixel(self) -> float:
-        """Multiply-accumulates per output pixel (the formula in the module docstring)."""
-        u2 = self.unshuffle**2
-        w = self.width
-        stem_taps = 1 if self.stem == "conv" else 9
-        convs = stem_taps * self.frames * u2 * w + 9 * ((self.depth - 2) * w * w + w * u2)
-        return convs / u2
+from emlive.core.netconfig import STUDENT_SCHEMA_VERSION, StudentConfig  # noqa: F401 - re-exported
 
 
 def _conv3(cin: int, cout: int) -> nn.Conv2d:

@@ -1,7 +1,9 @@
 """Movie writers that append frames as they arrive and keep the file readable after every frame.
 
-The format follows the suffix: ``.tif``/``.tiff`` (BigTIFF, one uncompressed page per frame) or ``.mrc``/``.mrcs``
-(an MRC2014 image stack). After each :meth:`MovieWriter.append` returns, :func:`emlive.core.readers.open_movie`
+The format follows the suffix: ``.tif``/``.tiff`` (BigTIFF, one uncompressed page per frame), ``.mrc``/``.mrcs``
+(an MRC2014 image stack) or ``.zarr`` (an OME-Zarr image grown by one frame per append, see
+:mod:`emlive.core.zarrio`, which also has the store that several processes fill at once). After each
+:meth:`MovieWriter.append` returns, :func:`emlive.core.readers.open_movie`
 reads the file up to that frame, also when the process dies before :meth:`MovieWriter.close`:
 
 * MRC: the frame's bytes are appended first, then the header is rewritten with the new frame count ``nz`` (and
@@ -28,7 +30,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
 import numpy as np
 
@@ -36,11 +38,15 @@ from emlive import __version__
 from emlive.core.errors import InputDataError, InputFileError
 from emlive.core.pixeltypes import MRC_MODES, storage_dtype, stored_dtypes
 
+if TYPE_CHECKING:
+    from emlive.core.zarrio import ZarrWriterBackend
+
 logger = logging.getLogger(__name__)
 
-WRITER_SUFFIXES = frozenset({".tif", ".tiff", ".mrc", ".mrcs"})
+WRITER_SUFFIXES = frozenset({".tif", ".tiff", ".mrc", ".mrcs", ".zarr"})
 TIFF_DTYPES = stored_dtypes("tiff")
 MRC_DTYPES = stored_dtypes("mrc")
+ZARR_DTYPES = stored_dtypes("zarr")
 
 
 def _names(dtypes: frozenset[np.dtype[Any]]) -> str:
@@ -189,7 +195,7 @@ class MovieWriter:
                 f"{self.path}: cannot write movies with suffix {self.path.suffix or '(none)'}; supported are "
                 f"{', '.join(sorted(WRITER_SUFFIXES))}"
             )
-        self.format = "tiff" if suffix in (".tif", ".tiff") else "mrc"
+        self.format = "tiff" if suffix in (".tif", ".tiff") else "zarr" if suffix == ".zarr" else "mrc"
         try:
             shape = (int(frame_shape[0]), int(frame_shape[1]))
         except (TypeError, ValueError, IndexError) as exc:
@@ -201,7 +207,7 @@ class MovieWriter:
             self.dtype = np.dtype(dtype).newbyteorder("=")
         except TypeError as exc:
             raise InputDataError(f"{self.path}: {dtype!r} is not a pixel type") from exc
-        allowed = TIFF_DTYPES if self.format == "tiff" else MRC_DTYPES
+        allowed = {"tiff": TIFF_DTYPES, "mrc": MRC_DTYPES, "zarr": ZARR_DTYPES}[self.format]
         if self.dtype not in allowed:
             wider = storage_dtype(self.dtype, self.format)
             hint = f" ({self.format.upper()} stores {self.dtype} losslessly as {wider})" if wider is not None else ""
@@ -222,7 +228,14 @@ class MovieWriter:
         try:
             if self.format == "mrc":
                 self._fh: BinaryIO | None = self.path.open("wb")
-                self._backend: _MrcBackend | _TiffBackend = _MrcBackend(self._fh, shape, self.dtype, self.pixel_size_nm)
+                self._backend: _MrcBackend | _TiffBackend | ZarrWriterBackend = _MrcBackend(
+                    self._fh, shape, self.dtype, self.pixel_size_nm
+                )
+            elif self.format == "zarr":
+                from emlive.core.zarrio import ZarrWriterBackend
+
+                self._fh = None
+                self._backend = ZarrWriterBackend(self.path, shape, self.dtype, self.pixel_size_nm)
             else:
                 self._fh = None
                 self._backend = _TiffBackend(self.path, self.pixel_size_nm)
@@ -250,7 +263,7 @@ class MovieWriter:
         data = coerce_frame(arr, self.dtype, where=f"frame {self._frames} for {self.path}")
         try:
             self._backend.write(data)
-            if self._fsync:
+            if self._fsync and self.format != "zarr":  # zarr writes each chunk by rename; fsync covers files
                 fd = self._fh.fileno() if self._fh is not None else self._backend.fileno  # type: ignore[union-attr]
                 os.fsync(fd)
         except OSError as exc:

@@ -9,6 +9,8 @@ Public API (import the submodules; this package imports nothing heavy itself):
   :func:`~emlive.export.onnx_export.read_onnx_card`, the parity bounds.
 * :mod:`emlive.export.tensorrt` -- :func:`~emlive.export.tensorrt.build_engine`,
   :func:`~emlive.export.tensorrt.export_tensorrt`, :class:`~emlive.export.tensorrt.ShapeProfile` (never run here).
+* :mod:`emlive.export.onnxmeta` -- an ONNX file's card and tensor names without the ``onnx`` package.
+* :mod:`emlive.export.torchengine` -- the PyTorch engine (the only one needing torch; imported on demand).
 * :mod:`emlive.export.folding` -- the inference-only rewrite of the network used by every exported graph.
 * :mod:`emlive.export.tiling` -- exact overlapping tiles.
 * :mod:`emlive.export.errors` -- :class:`~emlive.export.errors.BackendUnavailableError`,

@@ -1,5 +1,6 @@
 """Inference engines behind :class:`~emlive.export.runtime.Denoiser`: ONNX Runtime (CPU, CUDA, TensorRT EP) and
-PyTorch (CPU, CUDA). The native TensorRT engine lives in :mod:`emlive.export.tensorrt`.
+PyTorch (CPU, CUDA; :class:`~emlive.export.torchengine.TorchEngine`, the one engine that needs torch, in its own
+module so that this one imports without it). The native TensorRT engine lives in :mod:`emlive.export.tensorrt`.
 
 An engine runs the network on one already-normalised window: ``infer(x, out)`` with ``x`` a C-contiguous float32
 ``(1, N, h, w)`` array and ``out`` a float32 ``(1, 1, h, w)`` array it writes into. The caller owns both buffers and
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import importlib.util
 import logging
 import os
 from collections import OrderedDict
@@ -60,16 +62,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from emlive.core.errors import ModelFileError
-from emlive.core.modelcard import ModelCard
-from emlive.core.network import BlindSpotNet
-from emlive.core.networks import AnyNetwork
+from emlive.core.errors import TRAIN_INSTALL_HINT, ModelFileError
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
-from emlive.export.folding import fold_network
-from emlive.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from emlive.export.onnxmeta import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +145,20 @@ def cpu_description(threads: int) -> str:
 
 
 def cuda_unavailable_reason() -> str | None:
-    """None when PyTorch sees a CUDA device, else why not."""
-    if torch.cuda.is_available():
-        return None
-    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return f"PyTorch {torch.__version__} ({build}) sees no CUDA device"
+    """None when PyTorch sees a CUDA device, else why not (also when torch is not installed: the light install)."""
+    if importlib.util.find_spec("torch") is None:
+        return f"PyTorch, which finds the CUDA devices, is not installed; {TRAIN_INSTALL_HINT}"
+    from emlive.export.torchengine import torch_cuda_unavailable_reason
+
+    return torch_cuda_unavailable_reason()
 
 
 def cuda_description(index: int = 0) -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
-    return f"cuda:{index}"
+    if importlib.util.find_spec("torch") is None:
+        return f"cuda:{index}"
+    from emlive.export.torchengine import torch_cuda_description
+
+    return torch_cuda_description(index)
 
 
 def ort_provider_unavailable_reason(provider: str) -> str | None:
@@ -358,62 +357,3 @@ class OpenVinoEngine(InferenceEngine):
     def close(self) -> None:
         self._requests.clear()
         self._compiled.clear()
-
-
-# --- PyTorch ---------------------------------------------------------------------------------------------------------
-class TorchEngine(InferenceEngine):
-    """PyTorch eager on CPU or CUDA.
-
-    ``fold=None`` (default) runs ``BlindSpotNet.fused()`` on the CPU (plain convolutions, no mask multiply; the
-    folded network of :mod:`emlive.export.folding` was ~15 % *slower* in PyTorch on the CPU, whose bilinear
-    upsampling of the 288-channel folded maps costs more than the multiply-adds it saves) and the folded network on
-    CUDA (fewer multiply-adds and less memory; never run here). ``fold=True`` forces the folded network,
-    ``fold=False`` runs ``BlindSpotNet`` itself with its ring masks (the benchmarks' eager reference).
-    """
-
-    def __init__(
-        self,
-        net: AnyNetwork,
-        card: ModelCard,
-        device: str,
-        *,
-        threads: int | None = None,
-        fold: bool | None = None,
-        name: str | None = None,
-    ) -> None:
-        if device.startswith("cuda"):
-            reason = cuda_unavailable_reason()
-            if reason:
-                raise BackendUnavailableError(f"backend torch_cuda: {reason}; {GPU_INSTALL_HINT}")
-        if threads is not None and not device.startswith("cuda"):
-            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-module thread count
-        cuda = device.startswith("cuda")
-        module: nn.Module
-        if not isinstance(net, BlindSpotNet):
-            module = net.float()  # a student: plain convolutions, nothing to fold
-        elif fold is None:
-            module = fold_network(net) if cuda else net.float().fused()
-        else:
-            module = fold_network(net) if fold else net.float()
-        self._module = module.to(device).eval()
-        self._device = torch.device(device)
-        self.card = card
-        self.name = name or ("torch_cuda" if cuda else "torch_cpu")
-        if cuda:
-            self.device = cuda_description(self._device.index or 0)
-            self.default_tile = DEFAULT_TILE_GPU
-        else:
-            self.device = cpu_description(torch.get_num_threads())
-            self.default_tile = DEFAULT_TILE_CPU
-
-    def infer(self, x: np.ndarray, out: np.ndarray) -> None:
-        with torch.inference_mode():
-            xt = torch.from_numpy(x)
-            if self._device.type != "cpu":
-                xt = xt.to(self._device, non_blocking=True)
-            y = self._module(xt)
-            torch.from_numpy(out).copy_(y)
-
-    def close(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()

@@ -51,11 +51,10 @@ from emlive.core.normalize import zscore
 from emlive.core.student import StudentNet
 from emlive.export.errors import ParityError
 from emlive.export.folding import fold_network
+from emlive.export.onnxmeta import INPUT_NAME, OUTPUT_NAME  # torch-free home of the names
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "frames"
-OUTPUT_NAME = "denoised"
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 MAX_OPSET = 20

@@ -55,17 +55,17 @@ machine has no GPU. Their selection and error paths are tested; the GPU tests sk
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emlive.core.errors import ConfigError, InputDataError, ModelFileError
+from emlive.core.errors import TRAIN_INSTALL_HINT, ConfigError, InputDataError, ModelFileError, require_training_stack
 from emlive.core.modelcard import ModelCard, Normalization, load_checkpoint
-from emlive.core.networks import AnyNetwork
 from emlive.core.normalize import denormalize, frame_stats, normalize_into
 from emlive.core.pixeltypes import PIXEL_TYPES, check_pixel_type
 from emlive.core.windows import window_indices
@@ -74,13 +74,16 @@ from emlive.export.backends import (
     InferenceEngine,
     OpenVinoEngine,
     OrtEngine,
-    TorchEngine,
     cuda_unavailable_reason,
     openvino_unavailable_reason,
     ort_provider_unavailable_reason,
 )
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
+from emlive.export.onnxmeta import read_onnx_bytes_and_card
 from emlive.export.tiling import Tile, check_tile, plan_tiles, tile_margin
+
+if TYPE_CHECKING:
+    from emlive.core.networks import AnyNetwork
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,18 @@ def _kind_mismatch(backend: BackendName, kind: str) -> str | None:
     return None
 
 
+def _torch_missing() -> str | None:
+    """Why the torch backends (PyTorch, native TensorRT) cannot run in the light install; None where torch is."""
+    if importlib.util.find_spec("torch") is None:
+        return f"PyTorch is not installed; {TRAIN_INSTALL_HINT}"
+    return None
+
+
 def _platform_reason(backend: BackendName) -> str | None:
+    if backend in (BackendName.tensorrt, BackendName.torch_cpu) and _torch_missing():
+        return _torch_missing()
+    if backend is BackendName.tensorrt and importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed"  # checked first: the module below imports torch
     if backend is BackendName.tensorrt:
         from emlive.export.tensorrt import tensorrt_unavailable_reason
 
@@ -199,6 +213,7 @@ class _Model:
         if self._onnx is None:
             if self.net is None:
                 raise ModelFileError(f"{self.label}: no ONNX model or network to build one from")
+            require_training_stack(f"{self.label}: exporting the network to ONNX in memory", ("torch", "onnx"))
             from emlive.export.onnx_export import onnx_model_proto
 
             t0 = time.perf_counter()
@@ -218,10 +233,9 @@ def _load_model(path: Path) -> _Model:
         net, card = load_checkpoint(path)
         return _Model(path, kind, card, net=net)
     if kind == "onnx":
-        from emlive.export.onnx_export import read_onnx_card
-
-        model, card = read_onnx_card(path)
-        return _Model(path, kind, card, onnx_bytes=model.SerializeToString())
+        data, card = read_onnx_bytes_and_card(path)
+        return _Model(path, kind, card, onnx_bytes=data)
+    require_training_stack(f"{path}: reading a TensorRT engine")
     from emlive.export.tensorrt import read_engine_card
 
     card, build = read_engine_card(path)
@@ -279,6 +293,8 @@ def _make_engine(
         if model.net is None:
             raise BackendUnavailableError(f"backend {backend.value}: {model.label} holds no PyTorch weights")
         device = "cuda" if backend is BackendName.torch_cuda else "cpu"
+        from emlive.export.torchengine import TorchEngine
+
         return TorchEngine(model.net, model.card, device, threads=threads, fold=fold, name=backend.value)
     from emlive.export.tensorrt import TensorRTEngine, build_engine
 
@@ -392,7 +408,7 @@ class Denoiser:
         fold: bool | None = None,
     ) -> Denoiser:
         """A denoiser for an in-memory network (as if loaded from its checkpoint). ``fold`` matters only for the
-        PyTorch backends (see :class:`~emlive.export.backends.TorchEngine`): ``False`` runs the original
+        PyTorch backends (see :class:`~emlive.export.torchengine.TorchEngine`): ``False`` runs the original
         ``BlindSpotNet`` with its ring masks (the benchmarks' eager reference)."""
         chosen = parse_backend(backend)
         card = card or ModelCard(network=net.config)

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from emlive.core.errors import ConfigError
-from emlive.core.networks import AnyNetworkConfig
+from emlive.core.netconfig import AnyNetworkConfig
 
 
 @dataclass(frozen=True)

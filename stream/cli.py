@@ -94,7 +94,15 @@ def register(app: typer.Typer) -> None:
             False, "--bind-any", help="Allow binding to non-loopback addresses (use CURVE keys on open networks)."
         ),
         backend: str = typer.Option("auto", "--backend", help=backend_help("Inference backend:")),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference (per worker)."),
+        workers: int = typer.Option(
+            1, "--workers", help="Inference worker processes, each with its own engine, merged in order (1: in the "
+            "service; no live model swap with more). docs/scaling.md.",
+        ),
+        worker_devices: str | None = typer.Option(
+            None, "--worker-devices", help="GPUs of the workers, e.g. 0,1: worker k gets CUDA_VISIBLE_DEVICES of "
+            "entry k mod the count (default: all see what the service sees).",
+        ),
         tile: int | None = typer.Option(None, "--tile", help="Tile size for large frames (runtime default if unset)."),
         queue_size: int = typer.Option(
             32, "--queue", help="Input queue bound in messages (also bounded in bytes by --memory-budget)."
@@ -152,6 +160,8 @@ def register(app: typer.Typer) -> None:
             bind_any=bind_any,
             backend=backend,
             threads=threads,
+            workers=workers,
+            worker_devices=tuple(d.strip() for d in (worker_devices or "").split(",") if d.strip()),
             tile=tile,
             queue_size=queue_size,
             memory_budget=parse_bytes(memory_budget),

@@ -47,7 +47,8 @@ class InputQueue:
     def _append(self, item: Item, nbytes: int) -> None:
         self._items.append((item, nbytes))
         self._bytes += nbytes
-        self._cond.notify_all()
+        if len(self._items) == 1:  # only get() waits for items, and only on an empty queue
+            self._cond.notify_all()
 
     def put_drop_oldest(self, item: Item, nbytes: int) -> int:
         """Add ``item``, dropping the oldest queued messages until it fits; returns how many were dropped."""

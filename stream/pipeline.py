@@ -19,22 +19,30 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import zmq
 
 from emlive.core.errors import EmliveError
-from emlive.core.protocol import Header, Message, ProtocolError, decode, dtype_fields, encode
+from emlive.core.protocol import Header, HeaderCache, Message, ProtocolError, decode, dtype_fields, encode
 from emlive.stream.errorlog import ErrorLog
+from emlive.stream.headerjson import HeaderJson
 from emlive.stream.inputqueue import InputQueue, Item
 from emlive.stream.modelslot import DenoiserLike, ModelSlot
 from emlive.stream.recording import Recorder
 from emlive.stream.telemetry import Telemetry
 from emlive.stream.window import FrameRecord, ModelWindows, WindowAssembler, WindowJob, live_selection
 
+if TYPE_CHECKING:
+    from emlive.stream.fanout import FanOut
+
 logger = logging.getLogger("emlive.stream.service.pipeline")
 
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)  # (an enum operation per frame otherwise)
+# a published frame's header fields that change from frame to frame, in the order _header writes the last eight
+_PUBLISHED = ("timestamp", "index", "window", "flushed", "seq", "received_at", "infer_ms", "latency_ms", "age_ms",
+              "published_at")  # fmt: skip
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per frame (json.dumps(**kw))
 SUBSCRIPTIONS_EVERY_S = 0.01
 _RESET_WHAT = {"restart": "index sequence restarted", "shape": "frame shape", "dtype": "pixel type"}
@@ -118,6 +126,10 @@ class Pipeline:
         self._seq = 0
         self._next_subscriptions = 0.0
         self._fits: tuple[Any, str | None] = (None, None)  # the last budget check: (key, problem)
+        self._headers = HeaderCache()  # repeated frame headers are checked only where they differ
+        self._base: tuple[Any, dict[str, Any]] = (None, {})  # the output header's repeated fields (_header_base)
+        self._template: tuple[Any, HeaderJson | None] = (None, None)  # the denoised header's JSON template
+        self.fanout: FanOut | None = None  # --workers N: jobs go to worker processes (emlive.stream.fanout)
 
     def start(self, out: zmq.Socket[Any]) -> None:
         """Publish on ``out``; the window length is the current model's."""
@@ -132,7 +144,9 @@ class Pipeline:
         then end the current run (its last frames get end-of-run windows)."""
         while True:
             self.slot.maybe_swap(self._before_swap)
-            batch = queue.get(0.05)  # everything queued: one lock round trip per batch
+            batch = queue.get(0.05 if self.fanout is None else self.fanout.wait_s())  # one lock round trip
+            if self.fanout is not None:
+                self.fanout.pump()  # results of the workers, published in order
             self.poll_subscriptions()
             if batch:
                 self.process(batch)
@@ -153,6 +167,8 @@ class Pipeline:
         """End the current run (flush the window) and read the last subscription changes."""
         if self.assembler is not None:
             self.execute(list(self.assembler.flush(time.perf_counter())))
+        if self.fanout is not None:
+            self.fanout.drain()
         self.poll_subscriptions(now=True)
 
     def poll_subscriptions(self, *, now: bool = False) -> None:
@@ -191,13 +207,14 @@ class Pipeline:
         start = time.perf_counter()
         try:
             if self._decoder is None:
-                msgs = [decode(parts, max_frame_bytes=self._max_frame_bytes, check_finite=True)]
+                msgs = [decode(parts, max_frame_bytes=self._max_frame_bytes, check_finite=True, cache=self._headers)]
             else:
                 msgs = self._decoder.decode(parts)
         except ProtocolError as exc:
             self.reject(exc.reason, str(exc))
             return []
-        self.telemetry.stage("decode", time.perf_counter() - start, count="decoded")
+        end = time.perf_counter()
+        self.telemetry.stage("decode", end - start, count="decoded", now=end)
         if len(msgs) == 1:
             return self._handle_message(msgs[0], received, received_wall)
         return [action for msg in msgs for action in self._handle_message(msg, received, received_wall)]
@@ -299,8 +316,11 @@ class Pipeline:
         """Run jobs, forward events, close recordings, in order."""
         for action in actions:
             if isinstance(action, WindowJob):
-                self._run_job(action)
-            elif isinstance(action, Event):
+                self._run_job(action) if self.fanout is None else self.fanout.submit(action)
+                continue
+            if self.fanout is not None:
+                self.fanout.drain()  # an event or a closed recording follows every frame before it
+            if isinstance(action, Event):
                 self._publish_event(action.header)
             elif self.recorder is not None:
                 self.recorder.end_acquisition(action.acquisition)
@@ -325,29 +345,22 @@ class Pipeline:
             return
         self._publish(job, out, t0, t1, time.perf_counter())
 
+    def publish_result(self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float) -> None:
+        """Publish a frame denoised elsewhere (the fan-out's workers), in order: the same path as a local job."""
+        self._publish(job, out, t0, t1, t2)
+
     def _publish(self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float) -> None:
         """Send the denoised frame (the raw one first, with ``publish_raw``), record it, time it."""
-        out, (out_dtype, out_order) = _wire_ready(out)
+        out, fields = _wire_ready(out)
         self._seq += 1
         center = job.center
-        header = {
-            **center.header.to_dict(),
-            **self.slot.out_extra,
-            "window": job.indices,
-            "flushed": job.flushed,
-            "seq": self._seq,
-            "received_at": round(center.received_wall, 6),
-            "infer_ms": round((t2 - t1) * 1e3, 3),
-        }
+        common = (job.indices, job.flushed, self._seq, round(center.received_wall, 6), round((t2 - t1) * 1e3, 3))
         if self._publish_raw:
-            header["kind"] = "raw"
-            self._send_frame(json_bytes(header), center.data)
+            self._send_frame(json_bytes(self._header(job, common)), center.data)
         now = time.perf_counter()
-        header["dtype"], header["byte_order"], header["kind"] = out_dtype, out_order, "denoised"
-        header["latency_ms"] = round((now - job.completed) * 1e3, 3)
-        header["age_ms"] = round((now - center.received) * 1e3, 3)
-        header["published_at"] = round(time.time(), 6)
-        self._send_frame(json_bytes(header), out)
+        wall = time.time()
+        times = (round((now - job.completed) * 1e3, 3), round((now - center.received) * 1e3, 3), round(wall, 6))
+        self._send_frame(self._denoised_header(job, common, fields, times), out)
         t3 = time.perf_counter()
         self.telemetry.job(
             window_s=t1 - t0,
@@ -355,10 +368,58 @@ class Pipeline:
             publish_s=t3 - now,
             processing_s=t3 - job.completed,
             age_s=t3 - center.received,
-            detector_s=max(0.0, time.time() - center.header.timestamp),
+            detector_s=max(0.0, wall - center.header.timestamp),
+            now=t3,
         )
         if self.recorder is not None:
             self.recorder.submit("denoised", center.header, out)
+
+    def _header(
+        self, job: WindowJob, common: tuple[Any, ...], fields: tuple[str, str] | None = None, times: Any = ()
+    ) -> dict[str, Any]:
+        """The header of the raw frame (``fields`` None) or of the denoised one (its dtype fields and ``times``):
+        the center's header, the model, then the published fields (:data:`_PUBLISHED`) in this order."""
+        header = self._header_base(job.center.header)
+        header.update(zip(_PUBLISHED[2:7], common, strict=True))
+        if fields is None:
+            header["kind"] = "raw"
+            return header
+        header["dtype"], header["byte_order"], header["kind"] = *fields, "denoised"
+        header.update(zip(_PUBLISHED[7:], times, strict=True))
+        return header
+
+    def _denoised_header(
+        self, job: WindowJob, common: tuple[Any, ...], fields: tuple[str, str], times: tuple[Any, ...]
+    ) -> bytes:
+        """The denoised frame's header as JSON: for a frame without extra keys, from the template of its stream
+        (:class:`~emlive.stream.headerjson.HeaderJson`: the same bytes, a third of the work)."""
+        h = job.center.header
+        if h.extra:
+            return json_bytes(self._header(job, common, fields, times))
+        key = (h.acquisition, h.shape, h.dtype, h.byte_order, h.pixel_size_nm, self.slot.out_extra, fields)
+        if key != self._template[0]:
+            example = self._header(job, common, fields, times)
+            try:
+                self._template = (key, HeaderJson(example, _PUBLISHED))
+            except ValueError:  # a fixed field holds a template mark: this stream's headers go the dict way
+                self._template = (key, None)
+        template = self._template[1]
+        if template is None:
+            return json_bytes(self._header(job, common, fields, times))
+        return template.encode((h.timestamp, h.index, *common, *times))
+
+    def _header_base(self, header: Header) -> dict[str, Any]:
+        """``{**header.to_dict(), **out_extra}``: for a frame without extra keys, a copy of the last one made, with
+        this frame's index and timestamp (the other fields repeat from one frame of a stream to the next)."""
+        if header.extra:
+            return {**header.to_dict(), **self.slot.out_extra}
+        key = (header.acquisition, header.shape, header.dtype, header.byte_order, header.pixel_size_nm,
+               self.slot.out_extra)  # fmt: skip
+        if key != self._base[0]:
+            self._base = (key, {**header.to_dict(), **self.slot.out_extra})
+        base = self._base[1].copy()
+        base["timestamp"], base["index"] = header.timestamp, header.index
+        return base
 
     def _publish_event(self, header: Header) -> None:
         extra = self.slot.out_extra
@@ -373,11 +434,11 @@ class Pipeline:
         once the first part is taken, ZeroMQ takes the rest of the message)."""
         assert self._out is not None
         try:
-            self._out.send(header, zmq.SNDMORE | zmq.NOBLOCK)
+            self._out.send(header, _MORE_NOBLOCK)
         except zmq.Again:
             self.telemetry.count("publish_dropped")
             return
-        self._out.send(cast(Any, data), copy=False)  # (an ndarray is a buffer; the stubs do not say so)
+        self._out.send(cast(Any, received_frame(data) or data), copy=False)  # (an ndarray is a buffer too)
 
     def _send(self, parts: list[Any]) -> None:
         assert self._out is not None
@@ -385,6 +446,17 @@ class Pipeline:
             self._out.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.telemetry.count("publish_dropped")
+
+
+def received_frame(data: np.ndarray) -> zmq.Frame | None:
+    """The received ZeroMQ frame whose bytes ``data`` is, all of them in order and read-only (a decoded frame's
+    pixels, :func:`emlive.core.protocol.decode`), else None. Sending that frame shares its bytes (ZeroMQ counts
+    references): no copy of the pixels, and none of pyzmq's zero-copy bookkeeping (a GIL-taking thread)."""
+    base: Any = data.base  # (numpy keeps the buffer's owner, not the memoryview it was given)
+    if not isinstance(base, zmq.Frame):
+        return None
+    whole = data.nbytes == len(base) and data.flags.c_contiguous
+    return base if whole and not data.flags.writeable else None
 
 
 def _checked(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

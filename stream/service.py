@@ -27,6 +27,9 @@ Threads (a thread's exception is handed to the thread that called :meth:`Denoise
   telemetry on the status socket (and logs one line of it) every ``status_interval_s`` seconds;
 * **recorder** (with ``record``): appends frames to the recording files (:mod:`emlive.stream.recording`).
 
+With ``workers`` > 1 (``emlive serve --workers N``) the pipeline's infer step goes to N worker processes, each
+with its own engine, and their frames are published in order (:mod:`emlive.stream.fanout`); 1 runs it in-process.
+
 Overload policy. *Live* (default): when frames arrive faster than the model runs, the pipeline takes every
 queued frame into the window (and the recording) but runs the model only on the newest complete window (and on
 the flushed tail of an acquisition that just ended); the others are counted as ``skipped``. Latency stays at
@@ -86,6 +89,7 @@ from emlive.core.protocol import (
 from emlive.stream.budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from emlive.stream.control import ControlServer, control_request
 from emlive.stream.errorlog import ErrorLog
+from emlive.stream.fanout import MAX_WORKERS, FanOut, RemoteModel, WorkerSettings
 from emlive.stream.inputqueue import InputQueue
 from emlive.stream.modelslot import DenoiserLike, Loader, ModelSlot, model_info
 from emlive.stream.modes import InputFormat, InputMode
@@ -139,6 +143,8 @@ class ServiceConfig:
     drain_s: float = 2.0
     linger_ms: int = 1000
     shutdown_timeout_s: float = 30.0
+    workers: int = 1
+    worker_devices: tuple[str, ...] = ()
     curve_server: CurveServer | None = None
     curve_client: CurveClient | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -177,6 +183,10 @@ class ServiceConfig:
         MemoryBudget(self.memory_budget)  # raises ConfigError when too small
         if not 0 <= self.drain_s <= 60:
             raise ConfigError(f"drain time {self.drain_s} s: must be between 0 and 60 s")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers={self.workers}: use 1 (in the service) to {MAX_WORKERS} worker processes")
+        if self.workers > 1 and self.model is None:
+            raise ConfigError(f"--workers {self.workers} needs --model PATH: each worker loads the model from its file")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: must be >= 1 (or unset for the backend's default)")
         if self.record is not None:
@@ -228,6 +238,7 @@ class DenoiseService:
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._started = self._stopped = False
         self.endpoints: dict[str, str] = {}
+        self.fanout: FanOut | None = None
         self._make_parts(loader, denoiser)
 
     def _make_parts(self, loader: Loader | None, denoiser: DenoiserLike | None) -> None:
@@ -307,13 +318,25 @@ class DenoiseService:
 
     def _load_first_model(self) -> None:
         cfg = self.config
-        if self.slot.denoiser is not None:
+        if cfg.workers > 1 and cfg.model is not None:
+            self._start_fanout(cfg.model)
+        elif self.slot.denoiser is not None:
             self.slot.set(self.slot.denoiser, None)
         elif cfg.model is not None:
             logger.info("loading model %s (backend %s)", cfg.model, cfg.backend)
             self.slot.load_now(cfg.model)
         if self.slot.denoiser is None:
             raise ConfigError("no model to serve; pass --model PATH")
+
+    def _start_fanout(self, model: Path) -> None:
+        """``workers`` > 1: start the worker processes (each loads ``model``); the pipeline hands them its jobs."""
+        cfg = self.config
+        settings = WorkerSettings(model, cfg.workers, cfg.backend, cfg.threads, cfg.tile, cfg.worker_devices)
+        logger.info("starting %d inference workers for %s (backend %s)", cfg.workers, model, cfg.backend)
+        self.fanout = FanOut(settings, self.telemetry, self.pipeline.publish_result, lossless=cfg.lossless)
+        info = self.fanout.start()
+        self.pipeline.fanout = self.fanout
+        self.slot.set(RemoteModel(info, self.fanout), model)
 
     def _start_recorder(self) -> None:
         cfg = self.config
@@ -405,6 +428,8 @@ class DenoiseService:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        if self.fanout is not None:
+            self.fanout.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -500,6 +525,8 @@ class DenoiseService:
         if recorder is not None:
             gauge("recordings", [str(p) for p in recorder.files])
         gauge("control_errors", self.control.errors.snapshot())
+        if self.fanout is not None:
+            gauge("workers", self.fanout.snapshot())
         gauge("memory", {"budget_bytes": self.budget.total, "input_queue_bytes": self.queue.nbytes,
                          "input_queue_limit_bytes": self.budget.queue_bytes})  # fmt: skip
         return self.telemetry.snapshot()
@@ -510,5 +537,11 @@ class DenoiseService:
 
     def load_model(self, path: str | Path) -> None:
         """Load ``path`` in the background and switch to it between two frames (a model with another frame
-        count ends the current run first). Progress shows in ``status()["model_swap"]``."""
+        count ends the current run first). Progress shows in ``status()["model_swap"]``. Refused with worker
+        processes (``workers`` > 1)."""
+        if self.fanout is not None:
+            raise ConfigError(
+                f"model swap to {path}: not supported with --workers {self.config.workers} (each worker holds its "
+                "own engine); restart the service with the new model, or serve with --workers 1 to swap live"
+            )
         self.slot.load(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import ModelCard, NoiseModel, TrainingSummary, load_checkpoint, save_model
 from emlive.core.readers import find_movies, open_movie
-from emlive.train.config import Accelerator, DistillConfig, TrainConfig, resolve_precision
+from emlive.train.config import Accelerator, DistillConfig, Strategy, TrainConfig, resolve_precision
 from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_sources
 from emlive.train.estimate import estimate_config
 from emlive.train.module import DenoiserModule
-from emlive.train.patches import prepare_patches
+from emlive.train.patches import patches_ready, prepare_patches
 
 log = logging.getLogger(__name__)
+
+
+PATCH_WAIT_SECONDS = 6 * 3600  # how long other processes of a torchrun/SLURM job wait for rank 0's patches
 
 
 @dataclass
@@ -37,18 +41,86 @@ class TrainResult:
     last_checkpoint: Path
     model: Path  # compact inference checkpoint (weights + card)
     card: ModelCard
-    samples_per_second: float
+    samples_per_second: float  # all processes together
     metrics: dict[str, float] = field(default_factory=dict)
+    global_rank: int = 0  # under DDP every process returns; only rank 0 wrote model.pt and model_card.json
 
 
 class _EpochSetter(Callback):
-    """Gives the training dataset a new random stream every epoch."""
+    """Gives the training dataset a new random stream every epoch; with ``record_dir`` (output.log_crops) each
+    process records the crops it draws in ``record_dir/rank<R>.csv``."""
 
-    def __init__(self, dataset: WindowCrops) -> None:
+    def __init__(self, dataset: WindowCrops, record_dir: Path | None = None) -> None:
         self.dataset = dataset
+        self.record_dir = record_dir
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.record_dir is not None:
+            self.dataset.start_record(self.record_dir / f"rank{trainer.global_rank}.csv")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.dataset.set_epoch(trainer.current_epoch)
+
+
+def launch_rank(devices: int) -> int:
+    """This process's global rank as its launcher set it, before the process group exists: ``RANK`` (torchrun),
+    ``NODE_RANK x devices + LOCAL_RANK`` (Lightning's own children), ``SLURM_PROCID`` (srun), else 0."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "LOCAL_RANK" in env:
+        return int(env.get("NODE_RANK", "0")) * devices + int(env["LOCAL_RANK"])
+    return int(env.get("SLURM_PROCID", "0"))
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_devices(cfg: TrainConfig | DistillConfig, accelerator: str) -> None:
+    """Refuse more processes per node than the node has devices: CPU cores on CPU, CUDA devices on GPU."""
+    devices = cfg.optim.devices
+    if accelerator == "cpu" and devices > _usable_cores():
+        raise ConfigError(
+            f"optim.devices={devices} CPU processes but this machine gives this run {_usable_cores()} cores: each "
+            f"DDP process needs at least one core; use optim.devices<={_usable_cores()}"
+        )
+    if accelerator == "gpu" and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"optim.devices={devices} but PyTorch sees {torch.cuda.device_count()} CUDA devices on this node; "
+            f"use optim.devices<={torch.cuda.device_count()} (devices count per node; add nodes with optim.num_nodes)"
+        )
+
+
+def _strategy(cfg: TrainConfig | DistillConfig) -> str:
+    optim = cfg.optim
+    if optim.strategy is Strategy.auto:
+        return "ddp" if optim.devices * optim.num_nodes > 1 else "auto"
+    return optim.strategy.value
+
+
+def _quiet_unless_rank_zero(rank: int) -> None:
+    """Logs and progress come from rank 0; the other processes report only warnings and errors."""
+    if rank != 0:
+        logging.getLogger("emlive").setLevel(logging.WARNING)
+
+
+def _patches_of_rank_zero(cfg: TrainConfig | DistillConfig, rank: int, run_dir: Path) -> Path:
+    """Rank 0 cuts the patches; the other processes of a torchrun/SLURM job (all started at once) wait for its
+    manifest, then read the same patches. (Lightning's own launcher starts them later, when rank 0 is done.)"""
+    data = cfg.data
+    args = (data.train, data.patches, data.gain, run_dir / "patches")
+    if rank != 0:
+        deadline = time.monotonic() + PATCH_WAIT_SECONDS
+        while not patches_ready(*args):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"rank {rank}: rank 0 has not finished cutting the patches of {data.train} in "
+                    f"{PATCH_WAIT_SECONDS} s; check its log, or prepare them first with a one-process run (the "
+                    "same config with optim.devices=1 optim.num_nodes=1 optim.max_steps=1)"
+                )
+            time.sleep(2.0)
+    return prepare_patches(*args)
 
 
 def _precision(cfg: TrainConfig | DistillConfig, accelerator: str) -> str:
@@ -156,20 +228,24 @@ def val_loaders(
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are."""
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
+    rank = launch_rank(cfg.optim.devices)
+    _quiet_unless_rank_zero(rank)
+    accelerator = select_accelerator(cfg)
+    check_devices(cfg, accelerator)
     run_dir = cfg.output.run_dir(cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml_dump(cfg))
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(yaml_dump(cfg))
     n = cfg.network.frames
     data = cfg.data
     train_path = data.train
     if data.patches.enabled:
-        train_path = prepare_patches(data.train, data.patches, data.gain, run_dir / "patches")
+        train_path = _patches_of_rank_zero(cfg, rank, run_dir)
     gain = None if data.patches.enabled else data.gain
     size = data.crop_size
     train_sources, val_sources = open_splits(cfg, train_path, gain)
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
-    accelerator = select_accelerator(cfg)
     estimate_config(cfg, accelerator, n_frames_total, movie_bytes=sum(_movie_bytes(s) for s in train_sources))
     train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
     loaders = val_loaders(
@@ -191,6 +267,24 @@ def train(cfg: TrainConfig) -> TrainResult:
         _precision(cfg, accelerator),
     )
     return fit(cfg, DenoiserModule(cfg, card), train_set, loaders, run_dir, accelerator)
+
+
+def log_processes(cfg: TrainConfig | DistillConfig, accelerator: str) -> None:
+    """The start line of a run: processes, the global batch, and the learning rate (never rescaled)."""
+    optim = cfg.optim
+    world = optim.devices * optim.num_nodes
+    log.info(
+        "%d process(es) (%s strategy, %s): global batch = batch_size x devices x nodes = %d x %d x %d = %d; "
+        "learning rate %g as configured (not scaled with the global batch)",
+        world,
+        _strategy(cfg),
+        accelerator,
+        optim.batch_size,
+        optim.devices,
+        optim.num_nodes,
+        optim.batch_size * world,
+        optim.learning_rate,
+    )
 
 
 class _TrainingClock(Callback):
@@ -240,10 +334,12 @@ def fit(
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
     max_time = None if cfg.optim.max_minutes is None else timedelta(minutes=cfg.optim.max_minutes)
     clock = _TrainingClock()
+    log_processes(cfg, accelerator)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=cfg.optim.devices,
-        strategy="ddp" if cfg.optim.devices > 1 else "auto",
+        num_nodes=cfg.optim.num_nodes,
+        strategy=_strategy(cfg),
         precision=_precision(cfg, accelerator),  # type: ignore[arg-type]
         max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps,
@@ -253,7 +349,7 @@ def fit(
         callbacks=[
             ckpt_cb,
             clock,
-            _EpochSetter(train_set),
+            _EpochSetter(train_set, run_dir / "crops" if cfg.output.log_crops else None),
             TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
             LearningRateMonitor(logging_interval="step"),
         ],
@@ -272,22 +368,25 @@ def fit(
     card = module.card
     card.training.epochs = trainer.current_epoch
     card.training.steps = trainer.global_step
-    card.training.samples = trainer.global_step * cfg.optim.batch_size
+    card.training.samples = trainer.global_step * cfg.optim.batch_size * trainer.world_size
     card.training.final_train_loss = metrics.get("train/loss_epoch")
     card.training.best_val_loss = float(best_score) if best_score is not None and math.isfinite(best_score) else None
     card.training.val_psnr = metrics.get("val/psnr")
     card.training.seconds = round(clock.seconds, 1)  # resumes included
-    best_net, _ = load_checkpoint(best)
-    model_path = save_model(run_dir / "model.pt", best_net, card)
-    (run_dir / "model_card.json").write_text(card.model_dump_json(indent=2))
+    model_path = run_dir / "model.pt"
+    if trainer.is_global_zero:  # the checkpoints are rank 0's too (Lightning saves on rank 0 only)
+        best_net, _ = load_checkpoint(best)
+        save_model(model_path, best_net, card)
+        (run_dir / "model_card.json").write_text(card.model_dump_json(indent=2))
     result = TrainResult(
         run_dir=run_dir,
         best_checkpoint=best,
         last_checkpoint=last,
         model=model_path,
         card=card,
-        samples_per_second=module.samples_per_second,
+        samples_per_second=module.samples_per_second * trainer.world_size,
         metrics=metrics,
+        global_rank=trainer.global_rank,
     )
     log.info(
         "done in %.0f s (%.1f samples/s); best checkpoint %s; model %s",

@@ -19,6 +19,9 @@ insitu-stem, cryoet-tilt-5x5). Any field can be overridden as section.key=value,
 
 Writes checkpoints (best k by validation loss, and last), TensorBoard logs with sample images, a compact
 model.pt and model_card.json into output.root/output.experiment/output.version.
+
+Several processes (DDP): optim.devices=4 trains on 4 GPUs of this node (or 4 CPU processes with
+optim.accelerator=cpu), optim.num_nodes for more machines; batch_size is per process (docs/training-multi.md).
 """
 
 
@@ -39,6 +42,8 @@ def train_command(
         typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return
     result = train(cfg)
+    if result.global_rank != 0:  # DDP: every process returns here; rank 0 reports
+        return
     typer.echo(f"best checkpoint: {result.best_checkpoint}")
     typer.echo(f"model:           {result.model}")
     typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")
@@ -80,6 +85,8 @@ def distill_command(
         typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return
     result = distill(cfg)
+    if result.global_rank != 0:  # DDP: every process returns here; rank 0 reports
+        return
     typer.echo(f"best checkpoint: {result.best_checkpoint}")
     typer.echo(f"model:           {result.model}")
     typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")

@@ -56,6 +56,18 @@ class Accelerator(str, Enum):
     gpu = "gpu"
 
 
+class Strategy(str, Enum):
+    """How several processes train one model (docs/training-multi.md).
+
+    ``auto``: one process when ``devices x num_nodes`` is 1, else ``ddp``. ``ddp``: DistributedDataParallel with
+    one process per device (gloo on CPU, NCCL on GPUs); ``emlive train`` starts the other local processes itself by
+    re-running its own command line, or joins the ones torchrun/SLURM (srun) started.
+    """
+
+    auto = "auto"
+    ddp = "ddp"
+
+
 def resolve_precision(precision: Precision, accelerator: str) -> str:
     """The Lightning precision a run uses on ``accelerator`` ("cpu" or "gpu"): ``auto`` is fp16 mixed on a GPU."""
     if precision is not Precision.auto:
@@ -116,15 +128,34 @@ class OptimConfig(_Strict):
     epochs: Annotated[int, Field(ge=1, le=100000, description="max_epochs")] = 100
     max_steps: Annotated[int, Field(ge=-1, description="Stop after this many steps (-1: epochs decide).")] = -1
     max_minutes: Annotated[float | None, Field(gt=0, description="Stop after this wall time.")] = None
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    batch_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=4096,
+            description="Crops per step PER PROCESS (device); the global batch is batch_size x devices x num_nodes.",
+        ),
+    ] = 16
+    learning_rate: Annotated[
+        float,
+        Field(gt=0, le=1, description="Adam step size; not rescaled when devices/nodes change the global batch."),
+    ] = 1e-3
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     schedule: bool = Field(True, description="Cosine decay of the learning rate to 1% over the run.")
     loss: Loss = Loss.l2
     recursive_factor: Annotated[int, Field(ge=1, le=10000, description="Crops per frame per epoch.")] = 1
     precision: Precision = Precision.auto
     accelerator: Accelerator = Accelerator.auto
-    devices: Annotated[int, Field(ge=1, le=64, description="GPUs (DDP when > 1) or 1 for CPU (gpus).")] = 1
+    devices: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Processes per node (gpus): GPUs, or CPU processes with accelerator=cpu; DDP when > 1.",
+        ),
+    ] = 1
+    num_nodes: Annotated[int, Field(ge=1, le=1024, description="Machines, each running `devices` processes.")] = 1
+    strategy: Strategy = Strategy.auto
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     seed: int = 0
     gradient_clip: Annotated[float | None, Field(gt=0)] = 1.0
@@ -137,6 +168,11 @@ class OutputConfig(_Strict):
     save_top_k: Annotated[int, Field(ge=1, le=100)] = 3
     log_images: bool = True
     log_every_n_steps: Annotated[int, Field(ge=1)] = 10
+    log_crops: bool = Field(
+        False,
+        description="Write each process's training crop origins to <run>/crops/rank<R>.csv (audits that DDP "
+        "processes draw different crops; one line per crop).",
+    )
 
     def run_dir(self, name: str) -> Path:
         return self.root / self.experiment / (self.version or name)

@@ -116,7 +116,12 @@ def open_sources(
 
 
 class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target)."""
+    """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target).
+
+    Sample ``index`` is a pure function of (seed, epoch, index): under DDP, Lightning's DistributedSampler hands
+    each process a disjoint share of the indices, so processes draw different crops and a run is reproducible
+    for a given number of processes. ``record``, when set, gets one CSV line per crop drawn (output.log_crops).
+    """
 
     def __init__(
         self,
@@ -138,12 +143,20 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         weights = np.array([s.last - s.first for s in sources], dtype=np.float64)
         self.weights = weights / weights.sum()
         self.epoch = 0
+        self.record: Path | None = None
 
     def __len__(self) -> int:
         return self.length
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def start_record(self, path: Path) -> None:
+        """Record every crop drawn from now on as ``epoch,index,source,frame,y,x`` lines in ``path`` (appended)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            path.write_text("epoch,index,source,frame,y,x\n")
+        self.record = path
 
     def locate(self, index: int) -> tuple[np.random.Generator, int, int, int, int, int]:
         """(rng, source index, center frame, y, x, crop size) of sample ``index``."""
@@ -160,6 +173,9 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng, src_i, t, y, x, size = self.locate(index)
+        if self.record is not None:
+            with self.record.open("a") as f:  # one short line per write: appends from loader workers stay whole
+                f.write(f"{self.epoch},{index},{src_i},{t},{y},{x}\n")
         window = self.sources[src_i].window(t, y, x, size, self.n_frames)
         target = window[self.n_frames // 2].copy()
         if self.augment is not None:

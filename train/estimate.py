@@ -214,7 +214,7 @@ def run_shape(cfg: TrainConfig, device: str, train_frames: int, movie_bytes: int
         crop_size=cfg.data.crop_size,
         batch_size=optim.batch_size,
         num_workers=optim.num_workers,
-        steps=planned_steps(optim.epochs, optim.max_steps, crops, optim.batch_size, optim.devices),
+        steps=planned_steps(optim.epochs, optim.max_steps, crops, optim.batch_size, optim.devices * optim.num_nodes),
         max_minutes=optim.max_minutes,
         precision=resolve_precision(optim.precision, device),
         movie_bytes=movie_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,10 @@ from emlive.core.metrics import psnr_paper
 from emlive.core.modelcard import CARD_KEY, ModelCard
 from emlive.core.networks import AnyNetwork, create_network
 from emlive.train.config import DistillConfig, Loss, TrainConfig
+
+log = logging.getLogger(__name__)
+
+WORLD_SIZE_KEY = "emlive_world_size"  # processes (devices x nodes) of the run that wrote a checkpoint
 
 
 def self_supervised_loss(kind: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,7 +63,9 @@ class DenoiserModule(L.LightningModule):
         self._samples += window.shape[0]
         elapsed = time.perf_counter() - self._t0
         self.samples_per_second = self._samples / max(elapsed, 1e-9)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=window.shape[0])
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=window.shape[0], sync_dist=True
+        )
         self.log("samples/s", self.samples_per_second, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -67,7 +74,9 @@ class DenoiserModule(L.LightningModule):
             window, target = batch
             output = self.net(window)
             loss = self_supervised_loss(self.config.optim.loss, output, target)
-            self.log("val/loss", loss, prog_bar=True, add_dataloader_idx=False, batch_size=window.shape[0])
+            self.log(
+                "val/loss", loss, prog_bar=True, add_dataloader_idx=False, batch_size=window.shape[0], sync_dist=True
+            )
             if batch_idx == 0:
                 self._log_images(window, output)
             return
@@ -75,7 +84,8 @@ class DenoiserModule(L.LightningModule):
         output = self.net(window).float()
         denoised = output[:, 0] * stats[:, 1, None, None] + stats[:, 0, None, None]
         psnrs = [psnr_paper(c.cpu().numpy(), d.cpu().numpy()) for c, d in zip(clean[:, 0], denoised, strict=True)]
-        self.log("val/psnr", float(np.mean(psnrs)), prog_bar=True, add_dataloader_idx=False, batch_size=len(psnrs))
+        psnr = float(np.mean(psnrs))
+        self.log("val/psnr", psnr, prog_bar=True, add_dataloader_idx=False, batch_size=len(psnrs), sync_dist=True)
 
     def _log_images(self, window: torch.Tensor, output: torch.Tensor) -> None:
         if not self.config.output.log_images or self.logger is None:
@@ -100,3 +110,23 @@ class DenoiserModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CARD_KEY] = self.card.to_json()
+        checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming with another number of processes works (weights, optimizer, epoch and step counters carry
+        over); warn that the global batch, the steps per epoch and so the learning-rate schedule change."""
+        before, now = checkpoint.get(WORLD_SIZE_KEY, 1), self.trainer.world_size
+        if before != now:
+            log.warning(
+                "resuming a checkpoint written by %d processes with %d: the global batch changes from %d to %d "
+                "(batch_size %d per process) and the steps per epoch by %d/%d; the learning-rate schedule keeps "
+                "its planned length. To continue exactly, resume with devices x num_nodes = %d",
+                before,
+                now,
+                before * self.config.optim.batch_size,
+                now * self.config.optim.batch_size,
+                self.config.optim.batch_size,
+                before,
+                now,
+                before,
+            )

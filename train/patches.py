@@ -53,12 +53,19 @@ def _cut_one(file: str, gain: str | None, cfg_json: str, out_dir: str, seed: int
     return written
 
 
+def patches_ready(source: Path, cfg: PatchConfig, gain: Path | None, default_dir: Path) -> bool:
+    """Whether the patch folder holds the patches of exactly these movies and settings (its manifest matches)."""
+    manifest = (cfg.folder or default_dir) / MANIFEST
+    key = {"source": str(source), "gain": str(gain) if gain else None, "config": cfg.model_dump(mode="json")}
+    return manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
+
+
 def prepare_patches(source: Path, cfg: PatchConfig, gain: Path | None, default_dir: Path) -> Path:
     """Cut the movies under ``source`` into patch stacks (skipped if the folder already holds them)."""
     out_dir = cfg.folder or default_dir
     manifest = out_dir / MANIFEST
     key = {"source": str(source), "gain": str(gain) if gain else None, "config": cfg.model_dump(mode="json")}
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
+    if patches_ready(source, cfg, gain, default_dir):
         log.info("patches already prepared in %s", out_dir)
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)

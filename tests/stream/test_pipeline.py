@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import zmq
 
-from emlive.core.protocol import bind, encode, encode_frame, event_header
+from emlive.bench.stream_bench import IdentityDenoiser
+from emlive.core.protocol import bind, decode, encode, encode_frame, event_header
 from emlive.stream.budget import MIN_MEMORY_BUDGET, MemoryBudget
 from emlive.stream.errorlog import ErrorLog
+from emlive.stream.headerjson import HeaderJson
 from emlive.stream.inputqueue import Item
 from emlive.stream.modelslot import ModelSlot
-from emlive.stream.pipeline import Pipeline
+from emlive.stream.pipeline import Pipeline, json_bytes, received_frame
 from emlive.stream.telemetry import Telemetry
 
 Collect = Callable[..., Any]
@@ -28,14 +30,14 @@ def make_pipeline(denoiser: Any, zctx: zmq.Context[Any], subscribe: Collect) -> 
     """Pipelines on the tiny real model, each publishing on its own XPUB with one subscriber attached."""
     socks: list[zmq.Socket[Any]] = []
 
-    def make(*, lossless: bool) -> tuple[Pipeline, Any]:
+    def make(*, lossless: bool, model: Any = denoiser) -> tuple[Pipeline, Any]:
         out = zctx.socket(zmq.XPUB)
         out.setsockopt(zmq.LINGER, 0)
         out.setsockopt(zmq.XPUB_VERBOSER, 1)
         socks.append(out)
         telemetry = Telemetry()
-        slot = ModelSlot(lambda p: denoiser, MemoryBudget(MIN_MEMORY_BUDGET), telemetry)
-        slot.set(denoiser, None)
+        slot = ModelSlot(lambda p: model, MemoryBudget(MIN_MEMORY_BUDGET), telemetry)
+        slot.set(model, None)
         errors = ErrorLog(logging.getLogger("emlive.test.pipeline"), "rejected message")
         pipeline = Pipeline(slot, telemetry, lossless=lossless, max_frame_bytes=1 << 20, input_errors=errors)
         pipeline.start(out)
@@ -105,3 +107,67 @@ def test_bad_messages_are_refused_and_counted_and_the_next_frames_go_through(
     assert [m.header.index for m in frames] == [0, 1, 2]
     assert pipeline.telemetry.snapshot()["rejected"] == {"bad_json": 1, "missing_field": 1}
     assert pipeline.input_errors.snapshot() == {"bad_json": 1, "missing_field": 1}
+
+
+def _received(zctx: zmq.Context[Any], messages: list[list[Any]]) -> list[Item]:
+    """``messages`` sent and received on a real PUSH -> PULL pair (zero-copy frames, as the receiver queues them)."""
+    pull, push = zctx.socket(zmq.PULL), zctx.socket(zmq.PUSH)
+    try:
+        push.connect(bind(pull, "tcp://127.0.0.1:0"))
+        for parts in messages:
+            push.send_multipart(parts, copy=False)
+        return [(pull.recv_multipart(copy=False), time.perf_counter(), time.time()) for _ in messages]
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+
+
+@pytest.mark.timeout(30)
+def test_a_received_frame_is_sent_as_itself_and_nothing_else_is(zctx: zmq.Context[Any], movie: np.ndarray) -> None:
+    [(parts, _, _)] = _received(zctx, [encode_frame(movie[0], "a", 0)])
+    data = decode(parts).data
+    assert data is not None and received_frame(data) is parts[1]  # all its bytes, read-only: shared, not copied
+    assert received_frame(data[1:]) is None and received_frame(data.T) is None
+    assert received_frame(np.array(data)) is None  # a writable copy: a model may change it after the send
+    writable = np.frombuffer(parts[1], dtype=data.dtype).reshape(data.shape)
+    assert writable.flags.writeable and received_frame(writable) is None
+
+
+@pytest.mark.timeout(30)
+def test_published_headers_and_pixels_follow_each_frame_whatever_the_previous_one_carried(
+    make_pipeline: Collect, zctx: zmq.Context[Any], movie: np.ndarray, until_end: Any
+) -> None:
+    """The identity model publishes the received frames themselves; the output header's repeated fields come from
+    a cache: extra keys, pixel sizes and acquisitions must still be each frame's own."""
+    pipeline, sub = make_pipeline(lossless=True, model=IdentityDenoiser(api="stream"))
+    extras = [{}, {"note": "a", "dose": 1.5}, {}, {}, {"note": "b"}, {}, {}, {}, {}, {}]
+    sizes = [None, None, 0.5, 0.5, 0.5, None, None, None, None, None]
+    messages = [encode_frame(f, "h", i, pixel_size_nm=sizes[i], extra=extras[i]) for i, f in enumerate(movie)]
+    items = _received(zctx, [*messages, encode(event_header("end", "h"))])
+    for k in range(0, len(items), 4):
+        pipeline.process(items[k : k + 4])
+    frames = [m for m in sub.collect(until_end) if m.header.type == "frame"]
+    assert [m.header.index for m in frames] == list(range(len(movie)))
+    np.testing.assert_array_equal(np.stack([m.data for m in frames]), movie)  # (as uint16: identity)
+    for m, sent in zip(frames, messages, strict=True):
+        want = decode(sent).header
+        assert m.header.timestamp == want.timestamp and m.header.pixel_size_nm == want.pixel_size_nm
+        assert {k: m.header.extra[k] for k in want.extra} == dict(want.extra)
+        leaked = ({"note", "dose"} - set(want.extra)) & set(m.header.extra)
+        assert not leaked
+        assert m.header.extra["model"] == "identity-passthrough (benchmark only)"
+
+
+def test_a_header_template_writes_the_bytes_json_writes() -> None:
+    example = {"protocol": "emlive/1", "acquisition": 'ü "quoted" \\\\ a', "timestamp": 1.0, "index": 0, "window": [],
+               "model": "m\u00e9", "flushed": False, "seq": 1, "kind": "denoised", "age_ms": 0.5}  # fmt: skip
+    varying = ("timestamp", "index", "window", "flushed", "seq", "age_ms")
+    template = HeaderJson(example, varying)
+    for values in [(1796141296.5718918, 7, [5, 6, 7, 8, 9], True, 12, 0.123), (3, 2**53 - 1, [None, 1, None], False,
+                                                                                  13, 1e-07)]:  # fmt: skip
+        want = {**example, **dict(zip(varying, values, strict=True))}
+        assert template.encode(values) == json_bytes(want)
+    with pytest.raises(ValueError, match="finite"):
+        template.encode((float("nan"), 7, [], True, 1, 0.5))  # as json.dumps(allow_nan=False)
+    with pytest.raises(ValueError, match="mark"):  # a fixed value holding a mark: the caller encodes the dict instead
+        HeaderJson({**example, "model": "\x001\x00"}, varying)

@@ -17,6 +17,7 @@ from emlive.core.protocol import (
     PROTOCOL,
     CurveClient,
     CurveServer,
+    HeaderCache,
     ProtocolError,
     bind,
     check_bind_endpoint,
@@ -106,6 +107,10 @@ BAD_MESSAGES: list[tuple[str, list[bytes], str]] = [
         [_good()[0].replace(b'"timestamp": 1.5', b'"timestamp": 1e400'), _good()[1]],
         "bad_field",
     ),
+    ("400-digit integer timestamp", _good(timestamp=10**400), "bad_field"),  # was an OverflowError (a crash)
+    ("400-digit integer pixel size", _good(pixel_size_nm=10**400), "bad_field"),
+    ("bool timestamp", _good(timestamp=True), "bad_field"),
+    ("float index", _good(index=7.0), "bad_field"),
     ("nested 20000 deep", [b'{"x": ' + b"[" * 20000 + b"]" * 20000 + b"}", b""], "too_deep"),
     ("nested 33 deep in an extra key", _good(x=json.loads("[" * 32 + "]" * 32)), "too_deep"),
     ("string timestamp", _good(timestamp="now"), "bad_field"),
@@ -117,6 +122,13 @@ BAD_MESSAGES: list[tuple[str, list[bytes], str]] = [
     ("zero side", _good(shape=[0, 4]), "bad_shape"),
     ("absurd side", _good(shape=[1, 100000]), "bad_shape"),
     ("float side", _good(shape=[3.0, 4]), "bad_shape"),
+    ("float second side", _good(shape=[3, 4.0]), "bad_shape"),
+    ("bool side", _good(shape=[True, 4]), "bad_shape"),
+    ("shape as an object", _good(shape={"0": 3, "1": 4}), "bad_shape"),
+    ("other acquisition, too long", _good(acquisition="a" * 300), "bad_field"),
+    ("bool pixel size", _good(pixel_size_nm=True), "bad_field"),
+    ("zero pixel size", _good(pixel_size_nm=0), "bad_field"),
+    ("numeric dtype", _good(dtype=2), "unknown_dtype"),
     ("compressed", _good(compression="lz4"), "bad_field"),
     ("negative pixel size", _good(pixel_size_nm=-1.0), "bad_field"),
     ("truncated payload", [_good()[0], _good()[1][:-2]], "truncated"),
@@ -133,6 +145,50 @@ def test_malformed_messages_are_refused_with_a_reason(name: str, parts: list[byt
     assert info.value.reason == reason, str(info.value)
     assert isinstance(info.value, EmliveError)
     assert len(str(info.value)) > 30  # names the value, the rule and the fix
+
+
+@pytest.mark.parametrize(("name", "parts", "reason"), BAD_MESSAGES, ids=[b[0] for b in BAD_MESSAGES])
+def test_a_header_cache_refuses_what_the_full_check_refuses(name: str, parts: list[bytes], reason: str) -> None:
+    """After good frames of the same stream were cached, each bad message gets the same error as without a cache,
+    and the next good frame is accepted again."""
+    cache = HeaderCache()
+    for index in (5, 6):
+        decode(_good(index=index, timestamp=1.0 + index), cache=cache)
+    with pytest.raises(ProtocolError) as cached:
+        decode(parts, cache=cache)
+    with pytest.raises(ProtocolError) as full:
+        decode(parts)
+    assert (cached.value.reason, str(cached.value)) == (full.value.reason, str(full.value))
+    assert full.value.reason == reason
+    assert decode(_good(index=8), cache=cache).header.index == 8
+
+
+def test_a_header_cache_takes_repeated_headers_and_gives_what_the_full_check_gives() -> None:
+    cache = HeaderCache()
+    first = _good()
+    assert decode(first, cache=cache).header == decode(first).header  # the full check, then remembered
+    raw = json.loads(first[0])
+    same = [
+        _good(index=8, timestamp=2.25),
+        _good(index=9, timestamp=3),  # an integer timestamp is a number too
+        _good(index=10, note="extra keys pass through", kind="raw"),
+        _good(index=11, pixel_size_nm=_MISSING),  # absent, as null: the full check says the same
+    ]
+    for parts in same[:3]:
+        assert cache.lookup(json.loads(parts[0]), 1 << 30) is not None  # taken from the cache...
+        got, want = decode(parts, cache=cache), decode(parts)
+        assert got.header == want.header and np.array_equal(got.data, want.data)  # ...with the same result
+        assert got.data is not None and not got.data.flags.writeable
+    assert cache.lookup(json.loads(same[3][0]), 1 << 30) is None  # a field present/absent: the full way
+    assert decode(same[3], cache=cache).header == decode(same[3]).header
+    assert cache.lookup(raw, 1 << 30) is None  # the cache follows the last header checked the full way
+    decode(_good(pixel_size_nm=1, shape=[1, 12]), cache=cache)
+    for bad in (_good(pixel_size_nm=True, shape=[1, 12]), _good(pixel_size_nm=1, shape=[True, 12])):
+        with pytest.raises(ProtocolError):  # equal to the cached 1 in Python, a bool in JSON
+            decode(bad, cache=cache)
+    with pytest.raises(ProtocolError) as info:  # a smaller frame limit is not the remembered check's
+        decode(first, cache=cache, max_frame_bytes=16)
+    assert info.value.reason == "frame_too_large"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])

@@ -1,0 +1,973 @@
+"""Batch denoising on a cluster: ``emlive denoise INPUT [INPUT ...] -o OUTDIR --cluster SPEC`` or ``--shard i/N``.
+
+The movies are cut into shards (whole movies, or frame ranges of ``--shard-frames`` frames: a movie of fewer than
+``2 * K`` frames is one shard). Each shard is one task: it denoises its frame range with
+:meth:`emlive.export.runtime.Denoiser.denoise_movie` (the runtime reads the mirrored-window margins around the
+range itself, so a range gives exactly the frames of a whole run) and writes them, as float32, to a part file
+under ``OUTDIR/.emlive-batch/`` (written under a temporary name, fsynced, renamed when complete). When every part
+of a movie is there, the movie is assembled from its parts by the same writer the single-process path uses, so the
+output is bit-identical to ``emlive denoise`` without ``--cluster`` (same files, same bytes); then its parts are
+removed. Each :class:`OutputKind` (:data:`SHARD_WRITERS`, one per format) has its "write shard frames", "is a
+recorded shard intact", "assemble" and "is a recorded movie intact" functions: OME-Zarr shards write their chunks
+in place (:class:`emlive.core.zarrio.ZarrMovieStore`, created by the first shard under a lock, with the
+single-process path's metadata) and assembling only marks the store complete; no parts.
+
+Engines, never a home-made scheduler: ``--cluster`` runs the tasks on Dask distributed (``local:N``: a
+LocalCluster of N worker processes with one thread each; ``tcp://HOST:PORT``: a running scheduler; ``slurm:N`` /
+``pbs:N``: N workers through dask-jobqueue, configured by its jobqueue.yaml). The model goes to the tasks as its
+path only: each worker process loads it once (a per-process cache keyed by path, backend, tile and threads) and
+reuses it for every task it runs. ``--shard i/N`` (plain SLURM array jobs) runs, in this process, the shards whose
+index % N == i; every array task shares the manifest, and the one that completes a movie's last part assembles it.
+
+The manifest ``OUTDIR/emlive-manifest.jsonl`` is append-only (one JSON object a line, written with one
+``write`` under an exclusive lock and fsynced, so a killed job leaves at most a torn last line, which is ignored):
+the job's identity (inputs with size and modification time, the model path and its SHA-256, backend, tile, pixel
+type, format, gain, frame range, shard size, emlive version), then one line per finished shard (its part's size
+and BLAKE2b hash) and per assembled movie. A re-run of the same job skips the shards whose part is there with the
+recorded size and hash, and the movies already assembled; a re-run with another model or other options is refused
+(``--overwrite`` starts the job afresh). Parts live on the output folder, so workers and the client need a shared
+file system (as on any cluster).
+
+Dask is imported only here, and only when a cluster is asked for: the rest of emlive never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emlive import __version__
+from emlive.analysis.denoise import (
+    OutputDtype,
+    OutputFormat,
+    _as_dtype,
+    _as_format,
+    _Job,
+    _plan,
+    load_denoiser,
+    parse_frames,
+)
+from emlive.core.errors import ConfigError, InputFileError
+from emlive.core.readers import Movie, load_gain, open_movie
+from emlive.core.writers import open_writer
+
+if TYPE_CHECKING:
+    from emlive.export.runtime import Denoiser
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "emlive-manifest.jsonl"
+PARTS_DIR = ".emlive-batch"
+DEFAULT_SHARD_FRAMES = 128
+PART_DTYPE = np.dtype("<f4")  # what the runtime yields; the writer converts to the output's pixel type
+
+
+# --- the --cluster and --shard grammars (one place each) ---------------------------------------------------------
+class ClusterKind(StrEnum):
+    """Where ``--cluster`` runs the tasks."""
+
+    LOCAL = "local"
+    ADDRESS = "address"
+    SLURM = "slurm"
+    PBS = "pbs"
+
+
+CLUSTER_GRAMMAR = (
+    "local:N (N worker processes on this machine), tcp://HOST:PORT (a running dask scheduler), or slurm:N / pbs:N "
+    "(N workers through dask-jobqueue), e.g. --cluster local:4"
+)
+_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster`` value."""
+
+    kind: ClusterKind
+    workers: int = 0  # local, slurm, pbs
+    address: str | None = None  # a scheduler address
+
+    @classmethod
+    def parse(cls, text: str) -> ClusterSpec:
+        """``local:N``, ``slurm:N``, ``pbs:N`` (N >= 1) or a scheduler address; ConfigError naming the grammar."""
+        value = text.strip()
+        if _ADDRESS.match(value):
+            return cls(ClusterKind.ADDRESS, address=value)
+        name, sep, count = value.partition(":")
+        kinds = {k.value: k for k in ClusterKind if k is not ClusterKind.ADDRESS}
+        if not sep or name.lower() not in kinds:
+            raise ConfigError(f"--cluster {text!r} is not a cluster; use {CLUSTER_GRAMMAR}")
+        try:
+            workers = int(count)
+        except ValueError:
+            raise ConfigError(
+                f"--cluster {text!r}: {count!r} is not a number of workers; use {CLUSTER_GRAMMAR}"
+            ) from None
+        if workers < 1:
+            raise ConfigError(f"--cluster {text!r}: needs at least 1 worker; use {CLUSTER_GRAMMAR}")
+        return cls(kinds[name.lower()], workers=workers)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A parsed ``--shard i/N``: this process runs the shards whose index % N == i (0 <= i < N)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> ShardSpec:
+        rule = "use --shard i/N with 0 <= i < N, e.g. --shard $SLURM_ARRAY_TASK_ID/8 in an array job of 8 tasks (0-7)"
+        a, sep, b = text.strip().partition("/")
+        try:
+            index, count = int(a), int(b)
+        except ValueError:
+            raise ConfigError(f"--shard {text!r} is not i/N; {rule}") from None
+        if not sep or count < 1 or not 0 <= index < count:
+            raise ConfigError(f"--shard {text!r}: {index} is not in 0..{count - 1}; {rule}")
+        return cls(index, count)
+
+    def takes(self, shard_index: int) -> bool:
+        return shard_index % self.count == self.index
+
+
+# --- options, shards, results ------------------------------------------------------------------------------------
+class BatchOptions(BaseModel):
+    """What a batch job does besides its inputs and output folder (checked; unknown keys rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = "auto"
+    tile: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    dtype: OutputDtype = OutputDtype.FLOAT32
+    fmt: OutputFormat | None = None
+    frames: tuple[int | None, int | None] = (None, None)
+    shard_frames: int = Field(default=DEFAULT_SHARD_FRAMES, ge=1, le=1_000_000)
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to load the model itself: its path and how to run it (never the model)."""
+
+    path: str
+    backend: str = "auto"
+    tile: int | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One task: frames ``start..stop-1`` of one movie, written to ``part``."""
+
+    index: int
+    key: str
+    movie: int
+    input: str
+    part: str
+    start: int
+    stop: int
+    height: int
+    width: int
+    output: str = ""  # the movie's output, its pixel type and its whole frame range (chunked formats write there)
+    dtype: str = "float32"
+    first: int = 0
+    last: int = 0
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def part_bytes(self) -> int:
+        return self.frames * self.height * self.width * PART_DTYPE.itemsize
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What a finished shard task returns (and the manifest records)."""
+
+    key: str
+    movie: int
+    bytes: int
+    blake2b: str
+    frames: int
+    seconds: float
+    worker: str
+
+
+@dataclass
+class BatchReport:
+    """What :func:`denoise_batch` did: which shards ran, which were skipped, which movies were written."""
+
+    shards: int
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0  # wall time of the job, first task submitted to last movie written
+    busy_seconds: float = 0.0  # the shard tasks' own time, summed over the workers
+    workers: dict[str, int] = field(default_factory=dict)  # worker -> shards it ran
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "frames_per_second": self.frames_per_second}
+
+
+# --- the per-worker model cache (a worker process loads each model once) -----------------------------------------
+_DENOISERS: dict[ModelRef, Denoiser] = {}
+_CACHE_LOCK = threading.Lock()
+_ENGINE_LOCKS: dict[ModelRef, threading.Lock] = {}  # a Denoiser is not thread-safe: one task at a time uses it
+_GAINS: dict[str, np.ndarray] = {}
+LOADS: dict[ModelRef, int] = {}  # how many times this process loaded each model (tests, logs)
+
+
+def worker_denoiser(ref: ModelRef) -> Denoiser:
+    """The :class:`Denoiser` for ``ref`` in this process, loaded from its path on first use."""
+    with _CACHE_LOCK:
+        denoiser = _DENOISERS.get(ref)
+        if denoiser is None:
+            denoiser = load_denoiser(ref.path, ref.backend, tile=ref.tile, threads=ref.threads)
+            _DENOISERS[ref] = denoiser
+            _ENGINE_LOCKS[ref] = threading.Lock()
+            LOADS[ref] = LOADS.get(ref, 0) + 1
+            logger.info("process %d loaded %s (%s on %s)", os.getpid(), ref.path, denoiser.backend, denoiser.device)
+    return denoiser
+
+
+def warm_up(ref: ModelRef) -> str:
+    """Load the model in this process now (``client.run(warm_up, ref)`` on every worker); returns its engine."""
+    denoiser = worker_denoiser(ref)
+    return f"{denoiser.backend} on {denoiser.device}"
+
+
+def model_loads() -> dict[str, int]:
+    """Loads per model path in this process (run on every worker by the tests: one load per worker)."""
+    return {ref.path: n for ref, n in LOADS.items()}
+
+
+def _worker_gain(path: str | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    if path not in _GAINS:
+        _GAINS[path] = load_gain(path)
+    return _GAINS[path]
+
+
+# --- output kinds: write a shard's frames, assemble a movie ------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_part(shard: Shard, frames: Iterable[tuple[int, np.ndarray]]) -> tuple[int, str]:
+    """Write a shard's float32 frames to its part file (temp name, fsync, rename); returns (bytes, blake2b)."""
+    part = Path(shard.part)
+    tmp = _tmp_name(part)
+    digest = hashlib.blake2b(digest_size=20)
+    size = 0
+    with tmp.open("wb") as fh:
+        for t, frame in frames:
+            if frame.dtype != np.float32:
+                raise RuntimeError(f"{shard.input}: the runtime gave frame {t} as {frame.dtype}, not float32: a bug")
+            data = np.ascontiguousarray(frame, dtype=PART_DTYPE).tobytes()
+            fh.write(data)
+            digest.update(data)
+            size += len(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if size != shard.part_bytes:
+        tmp.unlink()
+        raise RuntimeError(f"{shard.input}: shard {shard.key} gave {size} bytes, {shard.part_bytes} expected: a bug")
+    os.replace(tmp, part)
+    _fsync_dir(part.parent)
+    return size, digest.hexdigest()
+
+
+def part_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class MovieTarget:
+    """One movie's output: where, in which pixel type, from which parts (in frame order)."""
+
+    output: str
+    dtype: str
+    pixel_size_nm: float | None
+    height: int
+    width: int
+    parts: tuple[tuple[str, int], ...]  # (part path, frames)
+
+
+def assemble_file(target: MovieTarget) -> str:
+    """Write the movie from its parts with the single-process path's writer (temp name, fsync, rename)."""
+    out = Path(target.output)
+    parts_dir = Path(target.parts[0][0]).parent
+    tmp = parts_dir / f"{out.stem}.assembling-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}"
+    shape = (target.height, target.width)
+    with open_writer(tmp, shape, target.dtype, target.pixel_size_nm) as writer:
+        for part, frames in target.parts:
+            data = np.memmap(part, dtype=PART_DTYPE, mode="r", shape=(frames, *shape))
+            for frame in data:
+                writer.append(np.asarray(frame, dtype=np.float32))
+            del data
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    return str(out)
+
+
+def _file_shard(shard: Shard, movie: Movie, denoiser: Denoiser) -> tuple[int, str]:
+    return write_part(shard, denoiser.denoise_movie(movie, shard.start, shard.stop))
+
+
+def _valid_part(shard: Shard, record: dict[str, Any]) -> bool:
+    part = Path(shard.part)
+    if not part.is_file() or part.stat().st_size != shard.part_bytes or record.get("bytes") != shard.part_bytes:
+        return False
+    return part_digest(part) == record.get("blake2b")
+
+
+def _valid_file(output: str, record: dict[str, Any]) -> bool:
+    path = Path(output)
+    return path.is_file() and path.stat().st_size == record.get("bytes")
+
+
+def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser) -> tuple[int, str]:
+    """Write a shard's frames straight into the movie's OME-Zarr store (created by the first shard, under a lock)."""
+    from emlive.analysis.denoise import open_zarr_output
+    from emlive.core.zarrio import ZarrMovieStore
+
+    out = Path(shard.output)
+    fd = os.open(Path(shard.part).parent / f"{shard.movie:04d}.create.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one creator; the others open what it made
+        if out.exists():
+            store = ZarrMovieStore.open(out)
+        else:
+            store = open_zarr_output(out, movie, denoiser, np.dtype(shard.dtype), shard.first, shard.last)
+    finally:
+        os.close(fd)
+    for t, frame in denoiser.denoise_movie(movie, shard.start, shard.stop):
+        store.write_frame(t - shard.first, frame)
+    return shard.frames * shard.height * shard.width * store.dtype.itemsize, "zarr"
+
+
+def _zarr_shard_done(shard: Shard, record: dict[str, Any]) -> bool:
+    from emlive.core.zarrio import ZarrMovieStore
+
+    if not Path(shard.output).is_dir():
+        return False
+    done = ZarrMovieStore.open(shard.output).complete_frames()
+    return bool(done[shard.start - shard.first : shard.stop - shard.first].all())
+
+
+def _zarr_finish(target: MovieTarget) -> str:
+    from emlive.core.zarrio import ZarrMovieStore
+
+    if not ZarrMovieStore.open(target.output).finish():
+        raise RuntimeError(f"{target.output}: frames are missing after every shard finished: this is a bug")
+    return target.output
+
+
+def _zarr_finished(output: str, record: dict[str, Any]) -> bool:
+    from emlive.core.zarrio import ZarrMovieStore
+
+    return Path(output).is_dir() and bool(ZarrMovieStore.open(output).attributes.get("complete"))
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How one output format gets a shard's frames and becomes a movie (the seam for each format)."""
+
+    write_shard: Callable[[Shard, Movie, Denoiser], tuple[int, str]]  # on a worker: (bytes, hash)
+    shard_done: Callable[[Shard, dict[str, Any]], bool]  # is a recorded shard intact on disk (resume)?
+    assemble: Callable[[MovieTarget], str]  # once every shard is done
+    finished: Callable[[str, dict[str, Any]], bool]  # is a recorded movie intact on disk (resume)?
+
+
+_FILE = OutputKind(_file_shard, _valid_part, assemble_file, _valid_file)  # part files, then one writer
+# One entry per format. OME-Zarr: the shards write their chunks in place; assembling marks the store complete.
+SHARD_WRITERS: dict[str, OutputKind] = {
+    OutputFormat.TIFF.value: _FILE,
+    OutputFormat.MRC.value: _FILE,
+    OutputFormat.ZARR.value: OutputKind(_zarr_shard, _zarr_shard_done, _zarr_finish, _zarr_finished),
+}
+
+
+def _kind(fmt: str) -> OutputKind:
+    try:
+        return SHARD_WRITERS[fmt]
+    except KeyError:
+        raise ConfigError(
+            f"output format {fmt!r} cannot be written by a batch job (--cluster/--shard/several inputs) yet; use "
+            f"--format {' or --format '.join(SHARD_WRITERS)}, or denoise each movie on its own"
+        ) from None
+
+
+# --- the tasks (run on the workers; arguments are paths and numbers only) ----------------------------------------
+def run_shard(shard: Shard, model: ModelRef, gain: str | None, fmt: str) -> PartResult:
+    """Denoise one shard's frame range into its part (the model and gain come from this process's cache)."""
+    began = time.perf_counter()
+    denoiser = worker_denoiser(model)
+    with _ENGINE_LOCKS[model], open_movie(shard.input) as movie:  # a worker with several threads: one at a time
+        gain_image = _worker_gain(gain)
+        if gain_image is not None:
+            movie.set_gain(gain_image)
+        size, digest = _kind(fmt).write_shard(shard, movie, denoiser)
+    seconds = time.perf_counter() - began
+    worker = f"{os.uname().nodename}:{os.getpid()}"
+    logger.info("shard %s (%d frames) done in %.2f s on %s", shard.key, shard.frames, seconds, worker)
+    return PartResult(shard.key, shard.movie, size, digest, shard.frames, seconds, worker)
+
+
+def assemble_movie(target: MovieTarget, fmt: str) -> str:
+    """Assemble one movie from its parts (the driver removes them once the manifest records the movie)."""
+    return _kind(fmt).assemble(target)
+
+
+def remove_parts(target: MovieTarget) -> None:
+    """Remove a movie's parts and the temp files a killed task left."""
+    for part, _ in target.parts:
+        for leftover in Path(part).parent.glob(Path(part).name + "*"):
+            leftover.unlink(missing_ok=True)
+
+
+# --- the manifest ------------------------------------------------------------------------------------------------
+class Manifest:
+    """``OUTDIR/emlive-manifest.jsonl``: the job's identity, then one line per finished shard or movie."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: line %d is torn (a killed job); ignored", self.path, n)
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def identity(self) -> dict[str, Any] | None:
+        for record in self.records():
+            if record.get("kind") == "job":
+                return dict(record["identity"])
+        return None
+
+    def done(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """(finished shards by key, assembled movies by output path), as recorded."""
+        shards: dict[str, dict[str, Any]] = {}
+        movies: dict[str, dict[str, Any]] = {}
+        for record in self.records():
+            if record.get("kind") == "shard":
+                shards[record["key"]] = record
+            elif record.get("kind") == "movie":
+                movies[record["output"]] = record
+        return shards, movies
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return {"size": sum(p.stat().st_size for p in files), "mtime_ns": max((p.stat().st_mtime_ns for p in files),
+                                                                               default=0), "files": len(files)}
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def job_identity(
+    jobs: Sequence[_Job], model: Path, gain: Path | None, options: BatchOptions, frames_text: str
+) -> dict[str, Any]:
+    """Everything that decides the output's bytes (threads do not: the engines give the same bits)."""
+    return {
+        "emlive": __version__,
+        "model": {"path": str(model.resolve()), "sha256": _file_sha256(model)},
+        "backend": options.backend,
+        "tile": options.tile,
+        "dtype": options.dtype.value,
+        "format": None if options.fmt is None else options.fmt.value,
+        "gain": None if gain is None else {"path": str(gain.resolve()), "sha256": _file_sha256(gain)},
+        "frames": frames_text,
+        "shard_frames": options.shard_frames,
+        "movies": [
+            {"input": str(j.input.resolve()), **_stat(j.input), "output": str(j.output.resolve()), "start": j.start,
+             "stop": j.stop, "format": j.format.value, "dtype": str(j.dtype)}
+            for j in jobs
+        ],
+    }  # fmt: skip
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+# --- planning ----------------------------------------------------------------------------------------------------
+def plan_inputs(
+    inputs: Sequence[Path], outdir: Path, fmt: OutputFormat | None, dtype: OutputDtype,
+    frames: tuple[int | None, int | None], gain: np.ndarray | None,
+) -> list[_Job]:  # fmt: skip
+    """Every movie of every input, each to ``outdir/<its name>``; refuses two inputs writing one output."""
+    if outdir.suffix and not outdir.is_dir():
+        raise InputFileError(
+            f"{outdir}: a batch job writes into a folder (each movie under its own name, plus the manifest "
+            f"{MANIFEST_NAME}); give -o a folder name without the {outdir.suffix} suffix"
+        )
+    jobs: list[_Job] = []
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        for job in _plan(Path(path), outdir, fmt, dtype, frames, True, gain):
+            _kind(job.format.value)  # a format batch jobs cannot write yet is refused before any work
+            key = job.output.resolve()
+            if key in seen:
+                raise InputFileError(
+                    f"{job.output}: both {seen[key]} and {job.input} would be written here (same name); rename one "
+                    "of them or denoise them into different folders"
+                )
+            seen[key] = job.input
+            jobs.append(job)
+    return jobs
+
+
+def split_jobs(jobs: Sequence[_Job], shard_frames: int, parts_dir: Path) -> list[Shard]:
+    """Cut every movie into ranges of ``shard_frames`` to ``2 * shard_frames - 1`` frames (whole when shorter)."""
+    shards: list[Shard] = []
+    for m, job in enumerate(jobs):
+        n = job.stop - job.start
+        count = max(1, n // shard_frames)
+        bounds = [job.start + (n * i) // count for i in range(count + 1)]
+        for a, b in itertools.pairwise(bounds):
+            key = f"{m:04d}:{a}-{b}"
+            part = parts_dir / f"{m:04d}-{job.output.name}.{a:09d}-{b:09d}.part"
+            shards.append(Shard(len(shards), key, m, str(job.input), str(part), a, b, job.shape[1], job.shape[2],
+                                str(job.output), str(job.dtype), job.start, job.stop))  # fmt: skip
+    return shards
+
+
+def _target(job: _Job, shards: Sequence[Shard], pixel_size_nm: float | None) -> MovieTarget:
+    return MovieTarget(
+        str(job.output), str(job.dtype), pixel_size_nm, job.shape[1], job.shape[2],
+        tuple((s.part, s.frames) for s in shards),
+    )  # fmt: skip
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+@dataclass
+class _State:
+    """The driver's view of the job while it runs."""
+
+    jobs: list[_Job]
+    shards: list[Shard]
+    targets: list[MovieTarget]
+    manifest: Manifest
+    fmt_of: list[str]
+    done: set[str] = field(default_factory=set)
+    assembled: set[str] = field(default_factory=set)
+    by_movie: dict[int, list[Shard]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for s in self.shards:
+            self.by_movie.setdefault(s.movie, []).append(s)
+
+    def movie_shards(self, m: int) -> list[Shard]:
+        return self.by_movie.get(m, [])
+
+    def complete(self, m: int) -> bool:
+        return all(s.key in self.done for s in self.movie_shards(m)) and self.targets[m].output not in self.assembled
+
+
+def _recorded(state: _State) -> None:
+    """Fill ``state.done`` / ``state.assembled`` from the manifest, keeping only what is on disk intact."""
+    shards, movies = state.manifest.done()
+    kinds = {t.output: _kind(fmt) for t, fmt in zip(state.targets, state.fmt_of, strict=True)}
+    state.assembled = {o for o, r in movies.items() if o in kinds and kinds[o].finished(o, r)}
+    finished = {t.output for t in state.targets if t.output in state.assembled}
+    for shard in state.shards:
+        if shard.key in state.done:
+            continue  # checked before (parts are hashed once)
+        whole = state.targets[shard.movie].output in finished
+        kind = _kind(state.fmt_of[shard.movie])
+        if whole or (shard.key in shards and kind.shard_done(shard, shards[shard.key])):
+            state.done.add(shard.key)
+
+
+def _check_outputs(targets: Sequence[MovieTarget], overwrite: bool) -> None:
+    """A new job: refuse outputs in the way (or, with --overwrite, remove the stores that would be reopened)."""
+    for target in targets:
+        out = Path(target.output)
+        if not out.exists():
+            continue
+        if not overwrite:
+            raise InputFileError(
+                f"{out}: the output exists and this folder's manifest did not write it; pass --overwrite to replace "
+                "it, or choose another output folder"
+            )
+        if out.is_dir():  # an OME-Zarr store: the shards would reopen it (files are replaced when assembled)
+            shutil.rmtree(out)
+
+
+def _open_manifest(
+    outdir: Path, identity: dict[str, Any], overwrite: bool, shard: ShardSpec | None
+) -> tuple[Manifest, bool]:
+    """The folder's manifest, and whether the job is new there (its identity line not yet written)."""
+    manifest = Manifest(outdir / MANIFEST_NAME)
+    old = manifest.identity()
+    if old is not None and old != identity:
+        if not overwrite:
+            raise ConfigError(
+                f"{manifest.path}: this folder holds a job with other settings (differs in: "
+                f"{', '.join(_differences(old, identity))}); pass --overwrite to start this job afresh there, or "
+                "choose another output folder"
+            )
+        if shard is not None:
+            raise ConfigError(
+                f"{manifest.path}: --overwrite with --shard would let every array task wipe the others' work; remove "
+                f"{manifest.path} and {outdir / PARTS_DIR} once, then start the array job without --overwrite"
+            )
+        logger.warning("%s: other settings, --overwrite: starting the job afresh", manifest.path)
+        manifest.path.unlink()
+        shutil.rmtree(outdir / PARTS_DIR, ignore_errors=True)
+        old = None
+    (outdir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    return manifest, old is None
+
+
+def _pixel_size(job: _Job) -> float | None:
+    with open_movie(job.input) as movie:
+        return movie.pixel_size_nm
+
+
+def _prepare(
+    inputs: Sequence[str | Path], outdir: Path, model: Path, options: BatchOptions, gain: Path | None,
+    frames_text: str, shard: ShardSpec | None,
+) -> _State:  # fmt: skip
+    if not model.is_file():
+        load_denoiser(model)  # raises the single-process path's ModelFileError naming the file
+    gain_image = None
+    if gain is not None:
+        if not gain.exists():
+            raise InputFileError(f"{gain}: no such gain reference; check the --gain path")
+        gain_image = load_gain(gain)
+    jobs = plan_inputs([Path(p) for p in inputs], outdir, options.fmt, options.dtype, options.frames, gain_image)
+    outdir.mkdir(parents=True, exist_ok=True)
+    identity = job_identity(jobs, model, gain, options, frames_text)
+    manifest, new = _open_manifest(outdir, identity, options.overwrite, shard)
+    shards = split_jobs(jobs, options.shard_frames, outdir / PARTS_DIR)
+    targets = [_target(j, [s for s in shards if s.movie == m], _pixel_size(j)) for m, j in enumerate(jobs)]
+    if new:
+        _check_outputs(targets, options.overwrite)
+        manifest.append({"kind": "job", "identity": identity, "time": time.time()})
+    state = _State(jobs, shards, targets, manifest, [j.format.value for j in jobs])
+    _recorded(state)
+    return state
+
+
+def _record_part(state: _State, result: PartResult) -> None:
+    state.manifest.append({"kind": "shard", **asdict(result)})
+    state.done.add(result.key)
+
+
+def _record_movie(state: _State, output: str) -> None:
+    size = Path(output).stat().st_size if Path(output).is_file() else 0  # a store is a folder
+    state.manifest.append({"kind": "movie", "output": output, "bytes": size})
+    state.assembled.add(output)
+
+
+class _Executor:
+    """Runs shard and assembly tasks, yielding results as they complete (in this process, or on Dask)."""
+
+    def submit_shard(self, shard: Shard) -> None:
+        raise NotImplementedError
+
+    def submit_assembly(self, m: int) -> None:
+        raise NotImplementedError
+
+    def results(self) -> Iterator[PartResult | tuple[int, str]]:
+        raise NotImplementedError
+
+
+class _InProcess(_Executor):
+    def __init__(self, state: _State, model: ModelRef, gain: str | None) -> None:
+        self._state, self._model, self._gain = state, model, gain
+        self._queue: list[tuple[str, Any]] = []
+
+    def submit_shard(self, shard: Shard) -> None:
+        self._queue.append(("shard", shard))
+
+    def submit_assembly(self, m: int) -> None:
+        self._queue.append(("movie", m))
+
+    def results(self) -> Iterator[PartResult | tuple[int, str]]:
+        while self._queue:
+            what, item = self._queue.pop(0)
+            if what == "shard":
+                yield run_shard(item, self._model, self._gain, self._state.fmt_of[item.movie])
+            else:
+                yield item, assemble_movie(self._state.targets[item], self._state.fmt_of[item])
+
+
+class _OnDask(_Executor):
+    def __init__(self, client: Any, state: _State, model: ModelRef, gain: str | None) -> None:
+        from dask.distributed import as_completed
+
+        self._client, self._state, self._model, self._gain = client, state, model, gain
+        self._ac = as_completed([], with_results=True)
+        self._token = uuid.uuid4().hex[:8]
+        self._movie_of: dict[str, int] = {}
+
+    def submit_shard(self, shard: Shard) -> None:
+        fmt = self._state.fmt_of[shard.movie]
+        future = self._client.submit(run_shard, shard, self._model, self._gain, fmt,
+                                     key=f"emlive-shard-{shard.key}-{self._token}", pure=False)  # fmt: skip
+        self._ac.add(future)
+
+    def submit_assembly(self, m: int) -> None:
+        key = f"emlive-movie-{m:04d}-{self._token}"
+        self._movie_of[key] = m
+        future = self._client.submit(assemble_movie, self._state.targets[m], self._state.fmt_of[m], key=key,
+                                     pure=False)  # fmt: skip
+        self._ac.add(future)
+
+    def results(self) -> Iterator[PartResult | tuple[int, str]]:
+        for future, result in self._ac:
+            yield result if isinstance(result, PartResult) else (self._movie_of[future.key], result)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="batch", unit="frame", disable=None if enabled else True, dynamic_ncols=True)
+
+
+def _run(state: _State, executor: _Executor, todo: list[Shard], shard: ShardSpec | None, report: BatchReport,
+         progress: bool) -> None:  # fmt: skip
+    began = time.perf_counter()
+    pending_movies: set[int] = set()
+    for m in _newly_complete(state, shard, pending_movies):  # all parts there, not assembled (a killed job)
+        executor.submit_assembly(m)
+    for s in todo:
+        executor.submit_shard(s)
+    with _progress(sum(s.frames for s in todo), progress) as bar:
+        for result in executor.results():
+            if isinstance(result, PartResult):
+                _record_part(state, result)
+                report.ran.append(result.key)
+                report.frames += result.frames
+                report.busy_seconds += result.seconds
+                report.workers[result.worker] = report.workers.get(result.worker, 0) + 1
+                bar.update(result.frames)
+                for m in _newly_complete(state, shard, pending_movies, result.movie):
+                    executor.submit_assembly(m)
+            else:
+                m, output = result
+                _record_movie(state, output)
+                remove_parts(state.targets[m])
+                report.outputs.append(output)
+                logger.info("assembled %s", output)
+    report.seconds = time.perf_counter() - began
+
+
+def _newly_complete(state: _State, shard: ShardSpec | None, pending: set[int], movie: int | None = None) -> list[int]:
+    """Movies whose every part is now done (with --shard: also by the other array tasks, read from the manifest);
+    ``movie``: only that one can have changed (this process's own result)."""
+    if shard is not None:
+        _recorded(state)
+        movie = None
+    candidates = range(len(state.jobs)) if movie is None else [movie]
+    out = [m for m in candidates if m not in pending and state.complete(m)]
+    if shard is not None:
+        out = [m for m in out if _claim(state, m)]
+    pending.update(out)
+    return out
+
+
+_CLAIMS: list[int] = []  # lock file descriptors this process holds (released when it exits)
+
+
+def _claim(state: _State, m: int) -> bool:
+    """With --shard: only one array task assembles a movie (a lock the OS releases if the task dies)."""
+    lock = Path(state.targets[m].parts[0][0]).parent / f"{m:04d}.assemble.lock"
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _CLAIMS.append(fd)
+    _recorded(state)
+    return state.complete(m)
+
+
+def _release_claims() -> None:
+    while _CLAIMS:
+        os.close(_CLAIMS.pop())
+
+
+@contextlib.contextmanager
+def open_client(spec: ClusterSpec) -> Iterator[Any]:
+    """A dask ``Client`` for ``spec`` (the cluster it starts is closed on exit)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError(
+            "--cluster needs Dask distributed: pip install 'emlive[cluster]' (dask[distributed], dask-jobqueue)"
+        ) from None
+    if spec.kind is ClusterKind.ADDRESS:
+        with Client(spec.address) as client:
+            yield client
+        return
+    if spec.kind is ClusterKind.LOCAL:
+        cluster: Any = LocalCluster(
+            n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    else:
+        cluster = _jobqueue_cluster(spec)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _jobqueue_cluster(spec: ClusterSpec) -> Any:
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError(
+            f"--cluster {spec.kind.value}:{spec.workers} needs dask-jobqueue: pip install 'emlive[cluster]'"
+        ) from None
+    make = dask_jobqueue.SLURMCluster if spec.kind is ClusterKind.SLURM else dask_jobqueue.PBSCluster
+    cluster = make()  # queue, cores, memory, walltime: from ~/.config/dask/jobqueue.yaml (docs/cluster/)
+    cluster.scale(n=spec.workers)
+    return cluster
+
+
+def default_threads(spec: ClusterSpec | None, threads: int | None) -> int | None:
+    """Threads per engine: --threads, else the cores split between local workers, else the runtime's default."""
+    if threads is not None or spec is None or spec.kind is not ClusterKind.LOCAL:
+        return threads
+    return max(1, (os.cpu_count() or 1) // spec.workers)
+
+
+def denoise_batch(
+    inputs: Sequence[str | Path],
+    outdir: str | Path,
+    model: str | Path,
+    *,
+    cluster: ClusterSpec | str | None = None,
+    client: Any = None,
+    shard: ShardSpec | str | None = None,
+    gain: str | Path | None = None,
+    frames: str | None = None,
+    **options: Any,
+) -> BatchReport:
+    """Denoise ``inputs`` into the folder ``outdir`` as shards (see the module docstring); resumable.
+
+    ``cluster``: a :class:`ClusterSpec` or its text (``local:N``, an address, ``slurm:N``, ``pbs:N``); ``client``: a
+    running dask Client instead; neither: the shards run in this process. ``shard``: only the shards whose index %
+    N == i. ``options``: the fields of :class:`BatchOptions` (backend, tile, threads, dtype, fmt, shard_frames,
+    overwrite, progress). Outputs equal :func:`emlive.analysis.denoise.denoise_path`'s bit for bit.
+    """
+    spec = ClusterSpec.parse(cluster) if isinstance(cluster, str) else cluster
+    part = ShardSpec.parse(shard) if isinstance(shard, str) else shard
+    if "fmt" in options:
+        options["fmt"] = _as_format(options["fmt"])
+    if "dtype" in options:
+        options["dtype"] = _as_dtype(options["dtype"])
+    try:
+        opts = BatchOptions(frames=parse_frames(frames), **options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"batch options {sorted(options)}: {problems}; see BatchOptions for the names and bounds"
+        ) from None
+    out = Path(outdir)
+    state = _prepare(inputs, out, Path(model), opts, None if gain is None else Path(gain), frames or ":", part)
+    mine = [s for s in state.shards if part is None or part.takes(s.index)]
+    todo = [s for s in mine if s.key not in state.done]
+    report = BatchReport(shards=len(state.shards), skipped=[s.key for s in mine if s.key in state.done])
+    logger.info("%s: %d shard(s) in all, %d for this process, %d already done, %d to run",
+                out, len(state.shards), len(mine), len(report.skipped), len(todo))  # fmt: skip
+    ref = ModelRef(str(Path(model).resolve()), opts.backend, opts.tile, default_threads(spec, opts.threads))
+    gain_path = None if gain is None else str(Path(gain).resolve())
+    try:
+        if client is not None:
+            _run(state, _OnDask(client, state, ref, gain_path), todo, part, report, opts.progress)
+        elif spec is not None:
+            with open_client(spec) as own:
+                _run(state, _OnDask(own, state, ref, gain_path), todo, part, report, opts.progress)
+        else:
+            _run(state, _InProcess(state, ref, gain_path), todo, part, report, opts.progress)
+    finally:
+        _release_claims()
+    return report
+
+
+__all__ = [
+    "CLUSTER_GRAMMAR",
+    "BatchOptions",
+    "BatchReport",
+    "ClusterKind",
+    "ClusterSpec",
+    "ModelRef",
+    "ShardSpec",
+    "denoise_batch",
+    "model_loads",
+    "open_client",
+]

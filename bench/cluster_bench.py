@@ -1,0 +1,129 @@
+"""Cluster efficiency of ``emlive denoise --cluster local:N``: frames/s with 1 worker x 1 thread vs N workers x 1
+thread on the same movies, and efficiency = rate_N / (N x rate_1) (issue 15's target: >= 0.85 for N = 2).
+
+The model is a random-weight blind-spot network of width 64 (the default architecture otherwise, as
+``emlive bench -m random``), exported to ONNX, so inference dominates and the scheduling overhead (task
+round trips, part files, assembly) is measured fairly. Each cluster is started, its workers import the task module
+and load the model (once per worker, as in a job) before the clock starts; the time is the job's, from the
+first task submitted to the last movie assembled. Writes one JSON (stdout, and ``--out``).
+
+    python -m emlive.bench.cluster_bench --workers 1 2 --movies 4 --frames 16 --size 256 --out bench_out/cluster.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emlive.analysis.batch import ClusterSpec, ModelRef, denoise_batch, open_client, warm_up
+from emlive.core.writers import write_movie
+
+logger = logging.getLogger(__name__)
+
+
+def make_model(folder: Path, width: int) -> Path:
+    """A random-weight default network of ``width`` channels, saved and exported to ONNX."""
+    import torch
+
+    from emlive.core.modelcard import ModelCard, save_model
+    from emlive.core.network import BlindSpotNet, NetworkConfig
+    from emlive.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(width=width)
+    ckpt = save_model(folder / f"w{width}.ckpt", BlindSpotNet(cfg).eval(), ModelCard(network=cfg, name=f"w{width}"))
+    return export_onnx(ckpt, folder / f"w{width}.onnx").path
+
+
+def make_movies(folder: Path, movies: int, frames: int, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(movies):
+        write_movie(folder / f"movie{i}.mrc", rng.poisson(20.0, (frames, size, size)).astype(np.uint16), 0.5)
+    return folder
+
+
+def time_workers(workers: int, inputs: Path, model: Path, out: Path, backend: str, shard_frames: int) -> dict[str, Any]:
+    """One job on a fresh local:N cluster (1 thread per worker and per engine), warmed up first."""
+    spec = ClusterSpec.parse(f"local:{workers}")
+    ref = ModelRef(str(model.resolve()), backend, None, 1)
+    with open_client(spec) as client:
+        client.run(warm_up, ref)  # imports and the model load, before the clock
+        report = denoise_batch([inputs], out, model, client=client, backend=backend, threads=1,
+                               shard_frames=shard_frames, progress=False)  # fmt: skip
+    return {
+        "workers": workers,
+        "threads_per_worker": 1,
+        "frames": report.frames,
+        "shards": len(report.ran),
+        "seconds": report.seconds,
+        "frames_per_second": report.frames_per_second,
+        # the shards' own time / (workers x wall time): near 1 when scheduling, part files and assembly cost little
+        "worker_busy_fraction": report.busy_seconds / (workers * report.seconds),
+        "shards_per_worker": report.workers,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = os.getloadavg()  # other work on the machine makes the ratios unreliable: recorded with them
+    with tempfile.TemporaryDirectory(prefix="emlive-cluster-bench-") as tmp:
+        root = Path(tmp)
+        model = make_model(root, args.width)
+        inputs = make_movies(root / "in", args.movies, args.frames, args.size)
+        rows = [
+            time_workers(n, inputs, model, root / f"out{n}-{rep}", args.backend, args.shard_frames)
+            for rep in range(args.repeats)
+            for n in args.workers
+        ]
+    best = {n: max(r["frames_per_second"] for r in rows if r["workers"] == n) for n in args.workers}
+    base = best[min(args.workers)] / min(args.workers)
+    curve = [{"workers": n, "frames_per_second": best[n], "speedup": best[n] / best[min(args.workers)],
+              "efficiency": best[n] / (n * base)} for n in args.workers]  # fmt: skip
+    return {
+        "benchmark": "cluster_bench",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_before": load,
+        },
+        "model": f"random-weight blind-spot network, width {args.width}, ONNX, backend {args.backend}",
+        "movies": {"count": args.movies, "frames": args.frames, "size": args.size, "shard_frames": args.shard_frames},
+        "runs": rows,
+        "curve": curve,
+        "target": "efficiency of 2 workers >= 0.85",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts (1 thread each).")
+    parser.add_argument("--movies", type=int, default=4, help="Number of movies.")
+    parser.add_argument("--frames", type=int, default=16, help="Frames per movie.")
+    parser.add_argument("--size", type=int, default=256, help="Frame height and width (px).")
+    parser.add_argument("--shard-frames", type=int, default=8, help="Frames per shard (K..2K-1).")
+    parser.add_argument("--width", type=int, default=64, help="Network width (channels).")
+    parser.add_argument("--backend", default="onnx_cpu", help="Inference backend of every worker.")
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per worker count (the best is kept).")
+    parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)  # noqa: T201 - the benchmark's output
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Batch denoising on Dask (`emlive denoise ... --cluster/--shard`): the grammars, bit-identical outputs, the
+manifest, resume after the whole job or one worker is killed, and the model loaded once per worker by path.
+
+One LocalCluster of 2 worker processes (1 thread each) is shared by the module; the references are
+single-process `denoise_path` runs of the same inputs with the same thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from emlive.analysis.batch import (
+    MANIFEST_NAME,
+    PARTS_DIR,
+    ClusterKind,
+    ClusterSpec,
+    ModelRef,
+    ShardSpec,
+    denoise_batch,
+    model_loads,
+    split_jobs,
+)
+from emlive.analysis.denoise import denoise_path
+from emlive.cli import app
+from emlive.core.errors import ConfigError, InputFileError
+from emlive.core.writers import write_movie
+
+pytestmark = pytest.mark.timeout(120)
+
+NAMES = ("a.tif", "b.mrc", "c.tif")
+BACKEND = "onnx_cpu"  # what auto picks here; named, so no worker imports the GPU backends' torch
+OPTS: dict[str, Any] = {"backend": BACKEND, "threads": 1, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from emlive.core.modelcard import ModelCard, save_model
+    from emlive.core.network import BlindSpotNet, NetworkConfig
+    from emlive.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(width=8, scales=2, blocks=1)
+    net = BlindSpotNet(cfg).eval()
+    with torch.no_grad():  # random weights give an almost constant output; this makes it vary with the input
+        net.head[-1].weight.mul_(1000.0)
+    root = tmp_path_factory.mktemp("model")
+    return export_onnx(save_model(root / "m.ckpt", net, ModelCard(network=cfg)), root / "m.onnx").path
+
+
+def _counts(frames: int, shape: tuple[int, int], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(20.0, (frames, *shape)).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def movies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small movies of two formats: 23 and 9 frames (several shards) and 3 (fewer than the window)."""
+    folder = tmp_path_factory.mktemp("movies")
+    write_movie(folder / "a.tif", _counts(23, (40, 48), 1), 0.5)
+    write_movie(folder / "b.mrc", _counts(9, (32, 40), 2), 0.25)
+    write_movie(folder / "c.tif", _counts(3, (24, 32), 3))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def long_movie(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Long enough (10 shards of ~0.1 s) for a kill to land mid-run."""
+    folder = tmp_path_factory.mktemp("long")
+    write_movie(folder / "long.mrc", _counts(40, (160, 160), 4), 1.0)
+    return folder
+
+
+def _reference(root: Path, inputs: Path, model: Path, **kw: Any) -> Path:
+    out = root / "reference"
+    denoise_path(inputs, out, model, **OPTS, **kw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, movies: Path, model: Path) -> Path:
+    return _reference(tmp_path_factory.mktemp("ref"), movies, model)
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory: pytest.TempPathFactory, long_movie: Path, model: Path) -> Path:
+    return _reference(tmp_path_factory.mktemp("longref"), long_movie, model)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    distributed = pytest.importorskip("dask.distributed")
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl,
+        distributed.Client(cl) as c,
+    ):
+        c.run(lambda: __import__("emlive.analysis.batch"))  # the task module's imports, once, in parallel
+        yield c
+
+
+def _same_bytes(a: Path, b: Path, names: tuple[str, ...] = NAMES) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def _shard_lines(outdir: Path) -> list[dict[str, Any]]:
+    lines = (outdir / MANIFEST_NAME).read_text().splitlines()
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if r["kind"] == "shard"]
+
+
+# --- grammars and planning ---------------------------------------------------------------------------------------
+def test_cluster_and_shard_grammars() -> None:
+    assert ClusterSpec.parse("local:4") == ClusterSpec(ClusterKind.LOCAL, workers=4)
+    assert ClusterSpec.parse("SLURM:2").kind is ClusterKind.SLURM
+    assert ClusterSpec.parse("pbs:3") == ClusterSpec(ClusterKind.PBS, workers=3)
+    assert ClusterSpec.parse("tcp://10.0.0.5:8786") == ClusterSpec(ClusterKind.ADDRESS, address="tcp://10.0.0.5:8786")
+    for bad in ("local", "local:0", "local:x", "yarn:2", "10.0.0.5:8786"):
+        with pytest.raises(ConfigError, match="local:N") as err:
+            ClusterSpec.parse(bad)
+        assert repr(bad) in str(err.value) and "e.g. --cluster local:4" in str(err.value)
+    assert ShardSpec.parse("1/3") == ShardSpec(1, 3) and ShardSpec(1, 3).takes(4) and not ShardSpec(1, 3).takes(3)
+    for bad in ("2/2", "-1/2", "a/b", "1", "0/0"):
+        with pytest.raises(ConfigError, match="i/N") as err:
+            ShardSpec.parse(bad)
+        assert repr(bad) in str(err.value)
+
+
+def test_shards_are_k_to_2k_frames_and_short_movies_are_whole(movies: Path, tmp_path: Path) -> None:
+    from emlive.analysis.batch import plan_inputs
+    from emlive.analysis.denoise import OutputDtype
+
+    jobs = plan_inputs([movies], tmp_path / "out", None, OutputDtype.FLOAT32, (None, None), None)
+    shards = split_jobs(jobs, 4, tmp_path)
+    ranges = {name: [(s.start, s.stop) for s in shards if Path(s.input).name == name] for name in NAMES}
+    assert ranges["a.tif"] == [(0, 4), (4, 9), (9, 13), (13, 18), (18, 23)]
+    assert ranges["b.mrc"] == [(0, 4), (4, 9)]
+    assert ranges["c.tif"] == [(0, 3)]
+    assert [s.index for s in shards] == list(range(len(shards)))
+    whole = split_jobs(jobs, 12, tmp_path)  # a.tif: 23 < 2 * 12 frames
+    assert [(s.start, s.stop) for s in whole] == [(0, 23), (0, 9), (0, 3)]
+    with pytest.raises(InputFileError, match="folder"):
+        plan_inputs([movies], tmp_path / "out.tif", None, OutputDtype.FLOAT32, (None, None), None)
+
+
+# --- on the cluster ----------------------------------------------------------------------------------------------
+def test_local_cluster_equals_single_process_and_loads_the_model_once_per_worker(
+    client: Any, movies: Path, model: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    report = denoise_batch([movies], out, model, client=client, **OPTS, shard_frames=4)
+    _same_bytes(out, reference)
+    assert sorted(report.ran) == sorted(r["key"] for r in _shard_lines(out)) and len(report.ran) == 8
+    assert not any((out / PARTS_DIR).glob("*.part")), "the parts are removed once the movies are assembled"
+    # twice more on the same workers (frame ranges, another folder): each worker still loaded the model once
+    ranged = tmp_path / "ranged"
+    denoise_batch([movies], ranged, model, client=client, **OPTS, shard_frames=3, frames="1:-1")
+    _same_bytes(ranged, _reference(tmp_path, movies, model, frames="1:-1"))
+    loads = client.run(model_loads)
+    assert all(counts.get(str(model.resolve()), 0) <= 1 for counts in loads.values()), loads
+    assert sum(counts.get(str(model.resolve()), 0) for counts in loads.values()) >= 1
+    # what goes through the scheduler is the model's path, not the model
+    ref = ModelRef(str(model.resolve()), BACKEND, threads=1)
+    assert len(pickle.dumps(ref)) < 512 < model.stat().st_size // 50
+
+
+def test_in_process_shards_with_gain_integer_output_and_mrc_equal_single_process(
+    movies: Path, model: Path, tmp_path: Path
+) -> None:
+    gain = tmp_path / "gain.npy"
+    np.save(gain, np.random.default_rng(5).uniform(0.8, 1.2, (40, 48)).astype(np.float32))
+    inputs = [movies / "a.tif"]
+    kw: dict[str, Any] = {"dtype": "input", "fmt": "mrc", "gain": gain, "frames": "2:"}
+    report = denoise_batch(inputs, tmp_path / "out", model, **OPTS, shard_frames=5, **kw)
+    denoise_path(inputs[0], tmp_path / "ref", model, **OPTS, **kw)
+    assert report.outputs == [str(tmp_path / "out" / "a.mrc")] and len(report.ran) == 4
+    _same_bytes(tmp_path / "out", tmp_path / "ref", ("a.mrc",))
+    again = denoise_batch(inputs, tmp_path / "out", model, **OPTS, shard_frames=5, **kw)
+    assert again.ran == [] and len(again.skipped) == 4 and again.outputs == []  # nothing left to do
+
+
+def test_a_killed_worker_does_not_stop_the_job(
+    client: Any, long_movie: Path, model: Path, long_reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    pids = client.run(os.getpid)
+    done: dict[str, Any] = {}
+
+    def job() -> None:
+        done["report"] = denoise_batch([long_movie], out, model, client=client, **OPTS, shard_frames=4)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not ((out / MANIFEST_NAME).exists() and _shard_lines(out)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    busy = [addr for addr, keys in client.processing().items() if keys and addr in pids]
+    assert busy, "no worker was running a shard after the first one finished: the kill would test nothing"
+    os.kill(pids[busy[0]], signal.SIGKILL)  # a worker process this test's cluster started
+    worker.join(timeout=90)
+    assert not worker.is_alive()
+    _same_bytes(out, long_reference, ("long.mrc",))
+    assert len(done["report"].ran) == 10
+
+
+def test_shard_0_of_2_then_1_of_2_equal_the_whole(movies: Path, model: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inputs = [str(movies / n) for n in NAMES]
+    base = ["denoise", *inputs, "-o", str(out), "-m", str(model), "--backend", BACKEND, "--threads", "1",
+            "--shard-frames", "4"]  # fmt: skip
+    first = CliRunner().invoke(app, [*base, "--shard", "0/2", "--json"])
+    assert first.exit_code == 0, first.output
+    ran0 = json.loads(first.stdout)["ran"]
+    assert ran0 == ["0000:0-4", "0000:9-13", "0000:18-23", "0001:4-9"]  # indexes 0, 2, 4, 6
+    assert not (out / "a.tif").exists()  # a.tif and b.mrc wait for the other array task
+    second = CliRunner().invoke(app, [*base, "--shard", "1/2"])
+    assert second.exit_code == 0, second.output
+    _same_bytes(out, reference)
+    assert len(_shard_lines(out)) == 8
+    other = CliRunner().invoke(app, ["denoise", *inputs, "-o", str(out), "-m", str(model), "--shard", "0/2",
+                                     "--shard-frames", "5"])  # fmt: skip
+    assert other.exit_code != 0 and "shard_frames" in str(other.exception) and "--overwrite" in str(other.exception)
+
+
+def test_resume_after_the_whole_job_is_killed(
+    client: Any, long_movie: Path, model: Path, long_reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "emlive", "denoise", str(long_movie), "-o", str(out), "-m", str(model), "--backend",
+           BACKEND, "--threads", "1", "--shard-frames", "4", "--cluster", "local:1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / MANIFEST_NAME).exists() and len(_shard_lines(out)) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job's client, scheduler and workers: this test's process group
+        proc.wait(timeout=30)
+    before = {r["key"] for r in _shard_lines(out)}
+    assert 3 <= len(before) < 10 and not (out / "long.mrc").exists()
+    victim = sorted((out / PARTS_DIR).glob("*.part"))[0]  # a recorded part cut short on disk is redone
+    victim.write_bytes(victim.read_bytes()[:100])
+    report = denoise_batch([long_movie], out, model, client=client, **OPTS, shard_frames=4)
+    movie, frames = victim.name.split(".")[0].split("-")[0], victim.name.split(".")[-2]  # 0000-long.mrc.a-b.part
+    cut = f"{movie}:{int(frames.split('-')[0])}-{int(frames.split('-')[1])}"
+    assert cut in before
+    assert set(report.skipped) == before - {cut}, "the re-run redoes only what was not recorded, and the cut part"
+    assert not set(report.ran) & set(report.skipped) and len(report.ran) + len(report.skipped) == 10
+    _same_bytes(out, long_reference, ("long.mrc",))
+
+
+def test_dask_is_imported_only_when_a_cluster_is_asked_for() -> None:
+    code = "import sys, emlive.analysis.batch, emlive.cli; print(sorted({'dask', 'distributed'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ome_zarr_shards_write_in_place_and_equal_single_process(
+    client: Any, movies: Path, model: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("zarr")
+    out, ref, movie = tmp_path / "out", tmp_path / "ref", movies / "a.tif"
+    report = denoise_batch([movie], out, model, client=client, **OPTS, shard_frames=4, fmt="zarr")  # 5 shards
+    denoise_path(movie, ref, model, **OPTS, fmt="zarr")
+    assert len(report.ran) == 5 and len(report.workers) >= 1
+    assert _tree(out / "a.ome.zarr") == _tree(ref / "a.ome.zarr")  # chunks, completion records and metadata
+    assert not list((out / PARTS_DIR).glob("*.part"))  # written in place
+    again = denoise_batch([movie], out, model, client=client, **OPTS, shard_frames=4, fmt="zarr")
+    assert again.ran == [] and len(again.skipped) == 5
