@@ -79,8 +79,8 @@ def build_wheel(out: Path) -> Path:
 
 
 def light_venv(root: Path | None = None) -> Path:
-    """The light venv's python, built once per requirement list (about a minute, most of it pip unpacking scipy,
-    hdf5plugin and onnxruntime) and updated with this checkout's wheel on every call (seconds)."""
+    """The light venv's python, built once per requirement list (about a minute, most of it pip unpacking scipy
+    and onnxruntime) and updated with this checkout's wheel on every call (seconds)."""
     reqs = base_requirements()
     key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:12]
     venv = (root or ROOT / "build" / "light-venv") / key

@@ -3,7 +3,7 @@
 A real virtualenv is built without torch (:func:`emlive.bench.light_install.light_venv`: ``python -m venv``, the
 base dependencies of pyproject.toml from the package index, this checkout's wheel with ``--no-deps``); the ONNX
 model is exported here, in the full environment. Where the time goes: building the venv the first time, about 1-3
-minutes (pip unpacking scipy, hdf5plugin and onnxruntime; kept under build/light-venv/ for reruns); then building
+minutes (pip unpacking scipy and onnxruntime; kept under build/light-venv/ for reruns); then building
 and installing the wheel (about 10 s) and each emlive process (1-2 s).
 """
 

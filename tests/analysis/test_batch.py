@@ -286,3 +286,73 @@ def test_ome_zarr_shards_write_in_place_and_equal_single_process(
     assert not list((out / PARTS_DIR).glob("*.part"))  # written in place
     again = denoise_batch([movie], out, model, client=client, **OPTS, shard_frames=4, fmt="zarr")
     assert again.ran == [] and len(again.skipped) == 5
+
+
+def _ready_scheduler(scheduler_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    """The address a `dask scheduler` process wrote to its scheduler file, once it is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"dask scheduler exited with {proc.returncode}"
+        if scheduler_file.exists():
+            try:
+                return str(json.loads(scheduler_file.read_text())["address"])
+            except (json.JSONDecodeError, KeyError):
+                pass  # written but not yet complete: read it again
+        time.sleep(0.2)
+    raise AssertionError(f"no scheduler file {scheduler_file} within {timeout} s")
+
+
+@pytest.mark.timeout(180)
+def test_a_running_scheduler_at_an_address_gives_the_same_bytes(
+    movies: Path, model: Path, reference: Path, tmp_path: Path
+) -> None:
+    """`--cluster tcp://HOST:PORT`: a real `dask scheduler` and `dask worker` (their own processes, as on a facility's
+    head node), the job submitted through the CLI."""
+    pytest.importorskip("dask.distributed")
+    dask = Path(sys.executable).parent / "dask"
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(sched_file)], env=env, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        address = _ready_scheduler(sched_file, procs[0])
+        assert address.startswith("tcp://127.0.0.1:")
+        procs.append(subprocess.Popen([str(dask), "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                       "--no-dashboard", "--host", "127.0.0.1"], env=env, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        out = tmp_path / "out"
+        args = ["denoise", str(movies), "-o", str(out), "-m", str(model), "--cluster", address, "--backend", BACKEND,
+                "--threads", "1", "--shard-frames", "4", "--no-progress"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        _same_bytes(out, reference)
+        assert len(_shard_lines(out)) == 8
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_the_shipped_jobqueue_settings_make_a_job_script(kind: str) -> None:
+    """docs/cluster/jobqueue.yaml as dask-jobqueue reads it: one worker process per job, the emlive venv sourced
+    (the script is generated, not submitted: there is no scheduler here)."""
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    import dask.config
+    import yaml
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "cluster" / "jobqueue.yaml"
+    settings = yaml.safe_load(docs.read_text())["jobqueue"][kind]  # over dask-jobqueue's defaults, key by key
+    with dask.config.set({f"jobqueue.{kind}.{key}": value for key, value in settings.items()}):
+        make = jobqueue.SLURMCluster if kind == "slurm" else jobqueue.PBSCluster
+        with make(scheduler_options={"host": "127.0.0.1", "dashboard_address": ":0"}) as cluster:
+            script = cluster.job_script()
+    assert "source $HOME/emlive/.venv/bin/activate" in script
+    assert "--nthreads 1" in script and "--nworkers" not in script  # one worker, one task at a time, per job
+    assert ("#SBATCH --cpus-per-task=8" if kind == "slurm" else "#PBS -l select=1:ncpus=8:ngpus=1") in script
