@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build, so no dependency resolves a CUDA build
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[train,dm,dev,bench,cluster,zarr]"
+	$(BIN)/python -m pip install -q -e ".[train,dm,dev,bench,cluster,zarr,preview]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,7 @@ happen inside the commands so ``emlive --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from enum import Enum
@@ -275,6 +276,12 @@ def denoise_command(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    preview: Path | None = typer.Option(
+        None,
+        "--preview",
+        help="Also write a before/after preview: .png (first, middle, last frame, raw | denoised; needs matplotlib) "
+        "or .mp4 (every frame side by side; needs the preview extra).",
+    ),
     cluster: str | None = typer.Option(
         None, "--cluster", help="Run as shards on Dask: local:N, tcp://HOST:PORT, slurm:N or pbs:N (see below)."
     ),
@@ -286,6 +293,13 @@ def denoise_command(
     ),
 ) -> None:
     if cluster is not None or shard is not None or len(inputs) > 1:
+        if preview is not None:
+            from emlive.core.errors import ConfigError
+
+            raise ConfigError(
+                "--preview: a batch job (several INPUTs, --cluster or --shard) has no single movie to show; run "
+                "`emlive denoise` on one movie with --preview (a short --frames range is enough)"
+            )
         if resume:
             from emlive.core.errors import ConfigError
 
@@ -299,22 +313,25 @@ def denoise_command(
                        shard_frames=shard_frames)  # fmt: skip
         return
     from emlive.analysis.denoise import denoise_path
+    from emlive.analysis.preview import MoviePreview
 
-    report = denoise_path(
-        inputs[0],
-        output,
-        model,
-        backend=backend,
-        tile=tile,
-        dtype=dtype.value,
-        fmt=None if fmt is None else fmt.value,
-        gain=gain,
-        frames=frames,
-        threads=threads,
-        overwrite=overwrite,
-        progress=progress,
-        resume=resume,
-    )
+    with MoviePreview(preview) if preview is not None else contextlib.nullcontext() as observer:
+        report = denoise_path(
+            inputs[0],
+            output,
+            model,
+            backend=backend,
+            tile=tile,
+            dtype=dtype.value,
+            fmt=None if fmt is None else fmt.value,
+            gain=gain,
+            frames=frames,
+            threads=threads,
+            overwrite=overwrite,
+            progress=progress,
+            resume=resume,
+            observer=observer,
+        )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -328,6 +345,8 @@ def denoise_command(
         f"({report.frames_per_second:.2f} frames/s, {report.megapixels_per_second:.2f} MP/s) "
         f"with {report.backend} on {report.device}"
     )
+    if preview is not None:
+        typer.echo(f"preview: {preview}")
 
 
 def _denoise_batch(

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -386,6 +386,15 @@ def load_denoiser(
     return Denoiser.load(path, backend, threads=threads, tile=tile)
 
 
+class FrameObserver(Protocol):
+    """Sees each denoised frame as the runtime yields it (``emlive denoise --preview``: emlive.analysis.preview);
+    it reads any raw frame it wants from ``movie`` itself, so nothing here holds more frames."""
+
+    def begin(self, movie: Movie, start: int, stop: int) -> None: ...
+
+    def frame(self, t: int, denoised: np.ndarray) -> None: ...
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -405,6 +414,7 @@ def denoise_to_file(
     overwrite: bool = False,
     progress: bool = True,
     resume: bool = False,
+    observer: FrameObserver | None = None,
 ) -> MovieReport:
     """Denoise frames ``start..stop-1`` of an open ``movie`` into ``output`` (.tif/.tiff/.mrc/.mrcs/.zarr), frame by
     frame.
@@ -424,7 +434,7 @@ def denoise_to_file(
     if out.suffix.lower() in ZARR_SUFFIXES:
         return denoise_to_zarr(
             movie, out, denoiser, dtype=dtype, start=start, stop=stop, overwrite=overwrite, resume=resume,
-            progress=progress,
+            progress=progress, observer=observer,
         )  # fmt: skip
     if resume:
         raise ConfigError(f"{out}: resume=True continues OME-Zarr outputs only; write {out.stem}.ome.zarr")
@@ -432,6 +442,8 @@ def denoise_to_file(
     name = movie.path.name or str(movie.path)
     began = time.perf_counter()
     written = 0
+    if observer is not None:
+        observer.begin(movie, start, stop)
     with (
         open_writer(out, (height, width), dtype, movie.pixel_size_nm, overwrite=overwrite) as writer,
         _progress(frames, name, progress) as bar,
@@ -441,6 +453,8 @@ def denoise_to_file(
             results: Iterator[tuple[int, np.ndarray]] = denoiser.denoise_movie(movie, start, stop)
             for t, frame in results:
                 writer.append(frame)
+                if observer is not None:
+                    observer.frame(t, frame)
                 written += 1
                 bar.update(1)
                 elapsed = time.perf_counter() - began
@@ -537,6 +551,7 @@ def denoise_to_zarr(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    observer: FrameObserver | None = None,
 ) -> MovieReport:
     """Denoise frames ``start..stop-1`` into an OME-Zarr store, one chunk (frame) at a time as the runtime yields
     them. With ``resume`` an existing store of the same job keeps its complete frames and only the missing ones
@@ -554,11 +569,15 @@ def denoise_to_zarr(
         logger.info("%s: resuming: %d of %d frames complete, writing %d", out, stop - start - todo, stop - start, todo)
     began = time.perf_counter()
     written = 0
+    if observer is not None:
+        observer.begin(movie, start, stop)
     with _progress(todo, movie.path.name or str(movie.path), progress) as bar:
         try:
             for a, b in ranges:
                 for t, frame in denoiser.denoise_movie(movie, start + a, start + b):
                     store.write_frame(t - start, frame)
+                    if observer is not None:
+                        observer.frame(t, frame)
                     written += 1
                     bar.update(1)
         except InputDataError as exc:
@@ -590,6 +609,7 @@ def denoise_path(
     overwrite: bool = False,
     progress: bool = True,
     resume: bool = False,
+    observer: FrameObserver | None = None,
 ) -> DenoiseReport:
     """Denoise a movie, or every movie of a folder, with a trained model; returns what was done and how fast.
 
@@ -600,8 +620,8 @@ def denoise_path(
     and clipped). ``fmt``: "tif" or "mrc" instead of the input's format. ``gain``: a gain reference multiplying
     every raw frame. ``frames``: "a:b" or (a, b), frames a..b-1 of each movie (the windows still read the frames
     around them). ``resume``: an existing OME-Zarr output of the same job keeps its complete frames and only the
-    missing ones are computed. Everything is checked before the first frame is computed; errors are EmliveError
-    subclasses.
+    missing ones are computed. ``observer`` sees every denoised frame (``--preview``). Everything is checked
+    before the first frame is computed; errors are EmliveError subclasses.
     """
     input_path = Path(input)
     out_path = Path(output)
@@ -668,6 +688,7 @@ def denoise_path(
                 overwrite=overwrite,
                 progress=progress,
                 resume=resume,
+                observer=observer,
             )
         logger.info(
             "wrote %s: %d frames in %.2f s (%.2f frames/s, %.2f MP/s)",

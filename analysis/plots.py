@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -93,7 +95,7 @@ def plot_noise_correlation(
     return _save(fig, path)
 
 
-def _display_limits(image: np.ndarray) -> tuple[float, float]:
+def display_limits(image: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(image, [1.0, 99.0])
     if not hi > lo:
         lo, hi = float(image.min()), float(image.max()) + 1e-6
@@ -158,8 +160,119 @@ def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
         crop_axes = np.atleast_1d(bottom.subplots(1, len(crops)))
         for ax, name in zip(crop_axes, crops, strict=True):
             image = report.preview[name]
-            lo, hi = _display_limits(image)
+            lo, hi = display_limits(image)
             ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_title(f"{name}, frame {report.preview_frame} (centre crop)")
             ax.set_axis_off()
+    return _save(fig, path)
+
+
+@dataclass
+class TrainingCurves:
+    """A run's recorded values (emlive.train.curves): one record per epoch (epoch, step, train_loss, val_loss,
+    val_psnr; None where not measured) and the training loss every few steps (step, loss)."""
+
+    name: str
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "epochs": self.epochs, "steps": self.steps}
+
+    def best_epoch(self) -> int | None:
+        """The epoch the best checkpoint comes from: lowest validation loss, else lowest training loss."""
+        for key in ("val_loss", "train_loss"):
+            scored = [(e[key], e["epoch"]) for e in self.epochs if e.get(key) is not None]
+            if scored:
+                return int(min(scored)[1])
+        return None
+
+
+def _column(records: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=np.float64)
+
+
+def plot_training_curves(curves: TrainingCurves, path: Path) -> Path:
+    """Training loss per epoch (and every few steps, faint), validation loss, and validation PSNR when measured,
+    against the epoch (1 = the end of the first epoch), the best epoch marked. Returns the PNG's path."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = curves.epochs
+    psnr = _column(epochs, "val_psnr")
+    has_psnr = bool(np.isfinite(psnr).any())
+    fig = _new_figure(12.0 if has_psnr else 7.0, 4.6)
+    axes = fig.subplots(1, 2 if has_psnr else 1, squeeze=False, sharex=True)[0]
+    x = np.array([e["epoch"] + 1 for e in epochs], dtype=np.float64)
+    dot = len(epochs) <= 30  # long runs: lines only
+    ax = axes[0]
+    if curves.steps and epochs:
+        steps_per_epoch = max(1.0, epochs[-1]["step"] / (epochs[-1]["epoch"] + 1))
+        step_x = _column(curves.steps, "step") / steps_per_epoch
+        ax.plot(step_x, _column(curves.steps, "loss"), color="C0", alpha=0.25, linewidth=0.8, label="training (steps)")
+    ax.plot(x, _column(epochs, "train_loss"), color="C0", marker="o" if dot else "", label="training (epoch mean)")
+    val = _column(epochs, "val_loss")
+    if np.isfinite(val).any():
+        ax.plot(x, val, color="C1", marker="s" if dot else "", label="validation")
+    ax.set_ylabel("loss")
+    ax.set_title("loss")
+    if has_psnr:
+        axes[1].plot(x, psnr, color="C2", marker="o" if dot else "", label="validation PSNR")
+        axes[1].set_ylabel("PSNR (dB) against data.clean")
+        axes[1].set_title("validation PSNR")
+    best = curves.best_epoch()
+    for ax in axes:
+        if best is not None:
+            ax.axvline(best + 1, color="gray", linestyle="--", linewidth=1, label=f"best epoch {best + 1} (checkpoint)")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{curves.name}: {len(epochs)} epoch(s)")
+    return _save(fig, path)
+
+
+PREVIEW_PANEL_INCHES = 4.0
+
+
+def preview_figure_size(rows: int, height: int, width: int) -> tuple[float, float]:
+    """The before/after picture's size in inches: two panels per row, each PREVIEW_PANEL_INCHES wide."""
+    return 2 * PREVIEW_PANEL_INCHES + 0.4, rows * (PREVIEW_PANEL_INCHES * height / width + 0.45) + 0.5
+
+
+def _nice_length(target: float) -> float:
+    exponent = math.floor(math.log10(target))
+    return max(m * 10.0**exponent for m in (1.0, 2.0, 5.0) if m * 10.0**exponent <= target)
+
+
+def _scale_bar(ax: Axes, width: int, height: int, pixel_size_nm: float) -> None:
+    from matplotlib.patches import Rectangle
+
+    nm = _nice_length(0.2 * width * pixel_size_nm)
+    px = nm / pixel_size_nm
+    label = f"{nm / 1000:g} µm" if nm >= 1000 else f"{nm:g} nm"
+    x0, y0, thick = 0.05 * width, 0.93 * height, max(1.0, 0.012 * height)
+    ax.add_patch(Rectangle((x0, y0), px, thick, color="white", ec="black", linewidth=0.5))
+    ax.text(x0 + px / 2, y0 - 1.5 * thick, label, color="white", ha="center", va="bottom", fontsize=9,
+            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})  # fmt: skip
+
+
+def plot_preview(
+    pairs: list[tuple[int, np.ndarray, np.ndarray]], path: Path, title: str, pixel_size_nm: float | None = None
+) -> Path:
+    """Raw | denoised, one row per ``(frame index, raw, denoised)``; each pair shown with the same grey scale (the
+    denoised frame's 1st and 99th percentiles: the raw frame's noise clips, its signal is comparable), a scale
+    bar when the pixel size is known. Returns the PNG's path."""
+    if not pairs:
+        raise ValueError(f"{path}: no frames to show; the preview needs at least one denoised frame")
+    height, width = pairs[0][1].shape
+    fig = _new_figure(*preview_figure_size(len(pairs), height, width))
+    axes = np.asarray(fig.subplots(len(pairs), 2, squeeze=False))
+    for (t, raw, denoised), row in zip(pairs, axes, strict=True):
+        lo, hi = display_limits(denoised)
+        for ax, name, image in zip(row, ("raw", "denoised"), (raw, denoised), strict=True):
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="antialiased")
+            ax.set_title(f"{name}, frame {t}", fontsize=10)
+            ax.set_axis_off()
+            if pixel_size_nm:
+                _scale_bar(ax, width, height, pixel_size_nm)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -40,6 +40,16 @@ class Normalization(str, Enum):
     zscore_per_frame = "zscore_per_frame"  # each frame: (x - mean) / std; output * std_center + mean_center
 
 
+class Target(str, Enum):
+    """What a model's training loss compared its output with (the card's ``training.target``): labels a model in
+    quality tables (self-supervised, distilled, or the supervised oracle, the bound self-supervision is measured
+    against)."""
+
+    noisy = "noisy"  # the noisy center frame: self-supervised (emlive train)
+    teacher = "teacher"  # a teacher's denoised frames: a distilled student (emlive distill)
+    clean = "clean"  # the clean ground truth of data.clean: the supervised oracle (train or distill targets=clean)
+
+
 class TrainingSummary(BaseModel):
     """What the model was trained on and how it ended. Informational; not needed to run the model."""
 
@@ -52,6 +62,7 @@ class TrainingSummary(BaseModel):
     steps: int | None = None
     samples: int | None = None
     loss: str | None = None
+    target: Target | None = Field(None, description="What the loss compared the output with; None in older cards.")
     final_train_loss: float | None = None
     best_val_loss: float | None = None
     val_psnr: float | None = None

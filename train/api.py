@@ -20,10 +20,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, NoiseModel, TrainingSummary, load_checkpoint, save_model
-from emlive.core.readers import find_movies, open_movie
-from emlive.train.config import Accelerator, DistillConfig, Strategy, TrainConfig, resolve_precision
-from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_sources
+from emlive.core.modelcard import ModelCard, NoiseModel, Target, TrainingSummary, load_checkpoint, save_model
+from emlive.core.readers import Movie
+from emlive.train.config import Accelerator, DistillConfig, Strategy, TrainConfig, TrainTargets, resolve_precision
+from emlive.train.curves import CurveRecorder
+from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_clean_twins, open_sources
 from emlive.train.estimate import estimate_config
 from emlive.train.module import DenoiserModule
 from emlive.train.patches import patches_ready, prepare_patches
@@ -152,6 +153,7 @@ def training_card(
             movies=movie_summary(train_sources),
             config_name=cfg.name,
             loss=loss,
+            target=Target(cfg.targets.value),
         ),
         **extra,
     )
@@ -214,15 +216,17 @@ def val_loaders(
     n_val = min(n_val, 64)
     loaders: list[DataLoader[Any]] = [DataLoader(make_set(n_val), batch_size=cfg.optim.batch_size, **_loader_kw(cfg))]
     if data.clean is not None:
-        clean_movies = [open_movie(p) for p in find_movies(data.clean)]
-        if len(clean_movies) != len(val_sources):
-            raise ConfigError(
-                f"data.clean={data.clean}: {len(clean_movies)} clean movies for {len(val_sources)} validation "
-                "movies; give one clean movie per noisy movie"
-            )
-        clean_set = CleanWindows(val_sources, clean_movies, n, data.val_crop_size, n_val)
+        clean_set = CleanWindows(val_sources, open_clean_twins(data.clean, val_sources), n, data.val_crop_size, n_val)
         loaders.append(DataLoader(clean_set, batch_size=cfg.optim.batch_size, **_loader_kw(cfg)))
     return loaders
+
+
+def clean_twins(cfg: TrainConfig, sources: list[MovieSource]) -> list[Movie] | None:
+    """The clean twins of ``sources`` when ``cfg`` trains the supervised oracle (``targets=clean``), else None."""
+    if cfg.targets is not TrainTargets.clean or not sources:
+        return None
+    assert cfg.data.clean is not None  # the config refuses targets=clean without data.clean
+    return open_clean_twins(cfg.data.clean, sources)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -247,13 +251,27 @@ def train(cfg: TrainConfig) -> TrainResult:
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
     estimate_config(cfg, accelerator, n_frames_total, movie_bytes=sum(_movie_bytes(s) for s in train_sources))
-    train_set = WindowCrops(train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed)
+    train_set = WindowCrops(
+        train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed, clean=clean_twins(cfg, train_sources)
+    )
+    val_clean = clean_twins(cfg, val_sources)
     loaders = val_loaders(
         cfg,
         val_sources,
-        lambda count: WindowCrops(val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True),
+        lambda count: WindowCrops(
+            val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True, clean=val_clean
+        ),
     )
-    card = training_card(cfg, train_sources, cfg.optim.loss.value, noise=_noise_model(train_sources[0], cfg))
+    oracle = cfg.targets is TrainTargets.clean
+    objective = f"{cfg.optim.loss.value} to the clean frames (oracle)" if oracle else cfg.optim.loss.value
+    card = training_card(cfg, train_sources, objective, noise=_noise_model(train_sources[0], cfg))
+    if oracle:
+        log.info(
+            "%s is a supervised ORACLE (targets=clean): the blind network learns the clean frames of %s, the bound "
+            "self-supervision is measured against; its card says training.target=clean",
+            cfg.name,
+            data.clean,
+        )
     log.info(
         "training %s: %d crops/epoch of %dx%d, %d frames, blind spot %s, width %d, on %s (%s)",
         cfg.name,
@@ -334,6 +352,7 @@ def fit(
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
     max_time = None if cfg.optim.max_minutes is None else timedelta(minutes=cfg.optim.max_minutes)
     clock = _TrainingClock()
+    log_every = min(cfg.output.log_every_n_steps, max(1, len(train_loader)))
     log_processes(cfg, accelerator)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -352,8 +371,9 @@ def fit(
             _EpochSetter(train_set, run_dir / "crops" if cfg.output.log_crops else None),
             TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
             LearningRateMonitor(logging_interval="step"),
+            CurveRecorder(run_dir, cfg.name, log_every, resume=cfg.resume is not None),  # curves.json and .png
         ],
-        log_every_n_steps=min(cfg.output.log_every_n_steps, max(1, len(train_loader))),
+        log_every_n_steps=log_every,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         deterministic=False,

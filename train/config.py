@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from emlive.core.ensemble import Ensemble
 from emlive.core.errors import ConfigError
+from emlive.core.modelcard import Target
 from emlive.core.network import NetworkConfig
 from emlive.core.student import StudentConfig
 
@@ -33,12 +34,22 @@ class Loss(str, Enum):
     charbonnier = "charbonnier"
 
 
+class TrainTargets(str, Enum):
+    """What ``emlive train``'s loss compares the blind network's output with: the ``noisy`` center frame
+    (self-supervised), or the ``clean`` ground truth of ``data.clean`` (the supervised oracle: the same blind
+    network, config and budget, the bound self-supervision is measured against). The values are the card's
+    :class:`~emlive.core.modelcard.Target` names, as are :class:`DistillTargets`'s."""
+
+    noisy = Target.noisy.value
+    clean = Target.clean.value
+
+
 class DistillTargets(str, Enum):
     """What a distilled student learns to output: the ``teacher``'s denoised frames (self-supervised), or the
     ``clean`` ground truth of ``data.clean`` (the supervised oracle: the bound self-supervision is measured against)."""
 
-    teacher = "teacher"
-    clean = "clean"
+    teacher = Target.teacher.value
+    clean = Target.clean.value
 
 
 class Precision(str, Enum):
@@ -190,6 +201,10 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     resume: Path | None = Field(None, description="Checkpoint to resume training from (ckpt_path).")
+    targets: TrainTargets = Field(
+        TrainTargets.noisy,
+        description="noisy: the noisy center frame (self-supervised); clean: data.clean (the supervised oracle).",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
@@ -221,7 +236,28 @@ class TrainConfig(_Strict):
             )
         if self.version != TRAIN_SCHEMA_VERSION:
             raise ValueError(f"version={self.version}: this emlive reads config version {TRAIN_SCHEMA_VERSION}")
+        if self.targets is TrainTargets.clean:
+            _check_oracle_data(self.data)
         return self
+
+
+def _check_oracle_data(data: DataConfig) -> None:
+    """``targets=clean`` (train or distill) needs the clean twin of every training movie, cut like the noisy one."""
+    if data.clean is None:
+        raise ValueError(
+            "targets=clean trains on the ground truth: set data.clean to the clean movie(s) of data.train (one per "
+            "noisy movie), or use targets=noisy (train) / targets=teacher (distill)"
+        )
+    if data.val is not None:
+        raise ValueError(
+            f"targets=clean with data.val={data.val}: data.clean is then that validation movie's ground truth, not "
+            "data.train's; drop data.val (validation then uses the last data.val_fraction of frames)"
+        )
+    if data.patches.enabled:
+        raise ValueError(
+            "targets=clean with data.patches.enabled=true: patches are cut from the noisy movies only, so the clean "
+            "targets would not line up; set data.patches.enabled=false"
+        )
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
@@ -340,8 +376,8 @@ class DistillConfig(_Strict):
             raise ValueError("data.patches.enabled=true: distillation reads whole frames; set it to false")
         if self.version != DISTILL_SCHEMA_VERSION:
             raise ValueError(f"version={self.version}: this emlive reads distill version {DISTILL_SCHEMA_VERSION}")
-        if self.targets is DistillTargets.clean and self.data.clean is None:
-            raise ValueError("targets=clean trains on the ground truth: set data.clean to the clean movie(s)")
+        if self.targets is DistillTargets.clean:
+            _check_oracle_data(self.data)
         return self
 
 

@@ -56,6 +56,11 @@ class MovieSource:
         crop = np.asarray(movie.crop(t, y * b, x * b, h * b, w * b), dtype=np.float32)
         return crop.reshape(h, b, w, b).sum(axis=(1, 3)) if b > 1 else crop
 
+    def normalized_crop(self, movie: Movie, t: int, y: int, x: int, shape: tuple[int, int]) -> np.ndarray:
+        """:meth:`binned_crop` in the network's units for frame t: z-scored with THIS movie's frame-t statistics
+        (a clean twin's crop lands where the network's output for the noisy frame does)."""
+        return ((self.binned_crop(movie, t, y, x, shape) - self.mean[t]) / self.std[t]).astype(np.float32)
+
     def region(self, t: int, y: int, x: int, shape: tuple[int, int], n_frames: int) -> np.ndarray:
         """The z-scored (N, h, w) crop of the window centred on frame t (binned pixels).
 
@@ -67,8 +72,7 @@ class MovieSource:
         for i, idx in enumerate(window_indices(t - self.first, n_frames, self.last - self.first)):
             if idx is None:
                 continue
-            f = idx + self.first
-            out[i] = (self.binned_crop(self.movie, f, y, x, shape) - self.mean[f]) / self.std[f]
+            out[i] = self.normalized_crop(self.movie, idx + self.first, y, x, shape)
         return out
 
 
@@ -115,8 +119,29 @@ def open_sources(
     return sources
 
 
+def open_clean_twins(clean: Path, sources: list[MovieSource]) -> list[Movie]:
+    """The clean movies of ``clean`` (``data.clean``), one per noisy source in the same order, of the same shape."""
+    movies = [open_movie(p) for p in find_movies(clean)]
+    if len(movies) != len(sources):
+        raise InputDataError(
+            f"data.clean={clean}: {len(movies)} clean movies for {len(sources)} noisy movies; give one clean movie "
+            "per noisy movie"
+        )
+    for movie, src in zip(movies, sources, strict=True):
+        if movie.shape != src.movie.shape:
+            raise InputDataError(
+                f"data.clean {movie.path}: shape {list(movie.shape)} differs from the noisy movie {src.movie.path}'s "
+                f"{list(src.movie.shape)}; give the clean movie of the same acquisition"
+            )
+    return movies
+
+
 class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target).
+
+    With ``clean`` (one clean twin per source: the supervised oracle, ``targets=clean``) the target is the clean
+    crop of the same frame and place instead, z-scored with the noisy frame's statistics and flipped/rotated with
+    the window; frame reversal and extra noise touch the input only, as for the noisy target.
 
     Sample ``index`` is a pure function of (seed, epoch, index): under DDP, Lightning's DistributedSampler hands
     each process a disjoint share of the indices, so processes draw different crops and a run is reproducible
@@ -132,8 +157,10 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         fixed: bool = False,
+        clean: list[Movie] | None = None,
     ) -> None:
         self.sources = sources
+        self.clean = clean
         self.n_frames = n_frames
         self.crop_size = crop_size
         self.length = length
@@ -176,8 +203,12 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.record is not None:
             with self.record.open("a") as f:  # one short line per write: appends from loader workers stay whole
                 f.write(f"{self.epoch},{index},{src_i},{t},{y},{x}\n")
-        window = self.sources[src_i].window(t, y, x, size, self.n_frames)
-        target = window[self.n_frames // 2].copy()
+        src = self.sources[src_i]
+        window = src.window(t, y, x, size, self.n_frames)
+        if self.clean is None:
+            target = window[self.n_frames // 2].copy()
+        else:
+            target = src.normalized_crop(self.clean[src_i], t, y, x, (size, size))
         if self.augment is not None:
             window, target = self._augment(window, target, rng)
         return torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))

@@ -129,8 +129,7 @@ def clean_targets(source: MovieSource, clean: Movie, path: Path) -> np.ndarray:
     shape = (source.last - source.first, source.height, source.width)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     for t in range(source.first, source.last):
-        frame = source.binned_crop(clean, t, 0, 0, (source.height, source.width))
-        out[t - source.first] = (frame - source.mean[t]) / source.std[t]
+        out[t - source.first] = source.normalized_crop(clean, t, 0, 0, (source.height, source.width))
     out.flush()
     return out
 

@@ -121,3 +121,27 @@ def test_lossless_wait_gives_up_when_the_pipeline_has_stopped(pipe: Any) -> None
         receiver.receive_one(pull)  # the second finds the queue full and nobody to empty it
     assert _ids(queue.get(1.0)) == [0]
     assert receiver.telemetry.get("lost") == 1
+
+
+@pytest.mark.timeout(20)
+def test_a_burst_takes_what_has_arrived_up_to_its_limit_and_never_waits(zctx: zmq.Context[Any]) -> None:
+    push, pull = zctx.socket(zmq.PUSH), zctx.socket(zmq.PULL)
+    for sock in (push, pull):
+        sock.setsockopt(zmq.LINGER, 0)
+    pull.bind("inproc://burst")  # (inproc: a sent message is in the receiver's pipe when send returns)
+    push.connect("inproc://burst")
+    try:
+        queue = InputQueue(max_items=100, max_bytes=100 * MESSAGE)
+        receiver = _receiver(queue, lossless=True, rejected=[])
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        _send(push, 0, 5)
+        receiver._receive_burst(pull, poller, 3)
+        assert _ids(queue.get(1.0)) == [0, 1, 2]  # the burst's limit, the rest stays in ZeroMQ
+        start = time.monotonic()
+        receiver._receive_burst(pull, poller, 10)
+        assert time.monotonic() - start < 1.0  # nothing left: the burst ends, it does not wait for more
+        assert _ids(queue.get(1.0)) == [3, 4] and receiver.telemetry.get("received") == 5
+    finally:
+        push.close()
+        pull.close()

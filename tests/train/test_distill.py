@@ -78,6 +78,9 @@ def test_distill_writes_a_student_whose_card_records_the_teacher(student: Path, 
     assert card.training.steps and card.training.steps > 0 and card.training.val_psnr is not None
     saved = json.loads((student.parent / "model_card.json").read_text())
     assert saved["network"]["kind"] == "student" and saved["teacher"]["name"] == "tiny-teacher"
+    curves = json.loads((student.parent / "curves.json").read_text())  # the run's curves, as emlive train's
+    assert len(curves["epochs"]) == card.training.epochs and curves["epochs"][-1]["val_psnr"] is not None
+    assert (student.parent / "curves.png").stat().st_size > 10_000
     teacher_out = sorted((student.parent / "teacher").glob("*.npy"))
     assert len(teacher_out) == 2  # the training and the validation split
     with open_movie(card.training.data[0]) as m:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from emlive.core.modelcard import CARD_KEY, ModelCard, load_checkpoint
 from emlive.core.simulate import SimulationConfig, write_simulation
@@ -35,6 +38,19 @@ def movie(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(files.noisy).parent
 
 
+def _check_curves(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """curves.json holds one record per epoch (training and validation loss, PSNR against data.clean) and the
+    step losses; curves.png is a picture of them. Returns the epoch records."""
+    curves = json.loads((run_dir / "curves.json").read_text())
+    assert [e["epoch"] for e in curves["epochs"]] == list(range(epochs))
+    for key in ("train_loss", "val_loss", "val_psnr"):
+        assert all(np.isfinite(e[key]) for e in curves["epochs"]), key
+    assert curves["steps"] and all(np.isfinite(s["loss"]) for s in curves["steps"])
+    with Image.open(run_dir / "curves.png") as png:
+        assert png.format == "PNG" and png.width > 1000 and png.height > 400
+    return list(curves["epochs"])
+
+
 @pytest.mark.timeout(240)
 def test_train_writes_self_describing_checkpoints_and_resumes(movie: Path, tmp_path: Path) -> None:
     cfg = load_config(
@@ -59,10 +75,13 @@ def test_train_writes_self_describing_checkpoints_and_resumes(movie: Path, tmp_p
     with torch.no_grad():
         assert net(x).shape == (1, 1, 40, 40)
     assert any((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    first_curves = _check_curves(result.run_dir, epochs=2)
     resumed = train(
         cfg.model_copy(update={"resume": result.last_checkpoint, "optim": cfg.optim.model_copy(update={"epochs": 3})})
     )
     assert load_checkpoint(resumed.model)[1].training.epochs == 3
+    assert resumed.run_dir == result.run_dir
+    assert _check_curves(resumed.run_dir, epochs=3)[:2] == first_curves  # the resumed run appends
     first_seconds = result.card.training.seconds or 0.0
     resumed_seconds = load_checkpoint(resumed.model)[1].training.seconds or 0.0
     assert first_seconds > 0 and resumed_seconds > first_seconds  # the card counts the resumed run's whole time
