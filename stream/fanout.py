@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -356,7 +357,7 @@ class FanOut:
         try:
             self._sock.send_multipart([identity(worker.index), *parts], copy=False)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: its socket is gone (ROUTER_MANDATORY)
-            self._lost(worker, f"cannot send to it ({exc})")
+            self._lost(worker, f"cannot send to it ({exc}){self._exit_of(worker)}")
             return False
         return True
 
@@ -448,6 +449,15 @@ class FanOut:
                 self._lost(w, describe_exit(code))
             elif w.state == "ready" and now - w.last_seen > self.settings.timeout_s:
                 self._lost(w, f"no heartbeat for {now - w.last_seen:.1f} s (timeout {self.settings.timeout_s:g} s)")
+
+    @staticmethod
+    def _exit_of(worker: Worker, wait_s: float = 1.0) -> str:
+        """How the process of a worker whose socket vanished ended ("; killed by SIGKILL"), once it is reaped; a
+        socket goes before its process has exited, so the status says the cause, not only the symptom."""
+        try:
+            return f"; {describe_exit(worker.popen.wait(wait_s))}"
+        except subprocess.TimeoutExpired:
+            return ""
 
     def _lost(self, worker: Worker, why: str) -> None:
         """A worker is gone: kill it, re-dispatch (lossless) or skip (live) its jobs; fail when none is left."""
