@@ -124,7 +124,8 @@ def bench_quality(
         help="Model to score, repeatable: PATH or LABEL=PATH (checkpoint or .onnx), optionally ending in @flips or "
         "@dihedral (a self-ensemble of 4 or 8 flips/rotations), e.g. "
         "-m 'teacher x8=models/synthetic-small.pt@dihedral'. Rows are labelled by LABEL or the card's name. "
-        "Default: -m teacher=models/synthetic-small.pt -m student=models/cpu-live-student.pt.",
+        "Default: -m teacher=models/synthetic-small.pt -m student=models/cpu-live-student.pt. In a sweep "
+        "(--doses/--modes): no default, and -m LABEL@DOSE/MODE=PATH scores a model at that setting only.",
     ),
     out: Path = typer.Option(Path("bench_out/quality"), "--out", "-o", help="Folder for quality.json/.png."),
     size: int = typer.Option(512, help="Frame size of the held-out simulated movie."),
@@ -138,14 +139,39 @@ def bench_quality(
     seed: int = typer.Option(1001, help="Simulation seed; use one the model was not trained on."),
     backend: str = typer.Option("auto", "--backend", help="Inference backend of every model (default: auto)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads; default: physical cores."),
+    doses: list[str] = typer.Option(
+        None, "--doses", help="Dose sweep (e-/px/frame), comma-separated or repeated, e.g. --doses 0.5,5,20,100."
+    ),
+    modes: list[str] = typer.Option(
+        None, "--modes", help="Detector modes of the sweep: counting,integrating (comma-separated or repeated)."
+    ),
+    train_steps: int | None = typer.Option(None, "--train-steps", help="Sweep: train blind/oracle models, N steps."),
+    train_minutes: float | None = typer.Option(None, "--train-minutes", help="Sweep: training budget in minutes."),
+    train_config: str = typer.Option("synthetic-small", "--train-config", help="Sweep: config of trained models."),
+    train_set: list[str] = typer.Option(None, "--train-set", help="Sweep: a training override, e.g. network.width=32."),
 ) -> None:
     """Score each model (default: the shipped teacher and CPU-live student) against raw, 5-frame average, oracle
     Gaussian and BM3D on a held-out simulated movie with known ground truth, one row each (paper PSNR/SSIM,
-    fixed-range variants, Pearson r with the truth). Writes quality.json (per-frame values too) and quality.png."""
+    fixed-range variants, Pearson r with the truth). Writes quality.json (per-frame values too) and quality.png.
+    With --doses/--modes: the dose curve over settings (emlive.bench.dose_sweep: models per setting with
+    -m LABEL@DOSE/MODE=PATH, or trained by the benchmark with --train-steps/--train-minutes; dose_curve.png,
+    quality.md)."""
     from emlive.bench.model_specs import parse_model_specs
     from emlive.bench.quality import format_table, run_quality_benchmark
     from emlive.core.simulate import CorrelatedNoise
 
+    if doses or modes or train_steps or train_minutes:
+        from emlive.bench.dose_sweep import sweep_from_cli
+
+        sweep = sweep_from_cli(
+            doses or [str(dose)], modes or ["counting"], correlated.value, model or [], out,
+            size=size, frames=frames, eval_frames=eval_frames, seed=seed, bm3d=not no_bm3d, train_steps=train_steps,
+            train_minutes=train_minutes, train_config=train_config, train_overrides=train_set or [],
+            backend=backend, threads=threads,
+        )  # fmt: skip
+        for line in sweep:
+            typer.echo(line)
+        return
     specs = parse_model_specs(model or None)
     rows = run_quality_benchmark(
         specs,

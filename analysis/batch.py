@@ -56,14 +56,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emlive import __version__
 from emlive.analysis.denoise import (
+    DenoiseJob,
     OutputDtype,
     OutputFormat,
-    _as_dtype,
-    _as_format,
-    _Job,
-    _plan,
+    as_output_dtype,
+    as_output_format,
     load_denoiser,
     parse_frames,
+    plan_jobs,
 )
 from emlive.core.errors import ConfigError, InputFileError
 from emlive.core.readers import Movie, load_gain, open_movie
@@ -536,7 +536,7 @@ def _stat(path: Path) -> dict[str, Any]:
 
 
 def job_identity(
-    jobs: Sequence[_Job], model: Path, gain: Path | None, options: BatchOptions, frames_text: str
+    jobs: Sequence[DenoiseJob], model: Path, gain: Path | None, options: BatchOptions, frames_text: str
 ) -> dict[str, Any]:
     """Everything that decides the output's bytes (threads do not: the engines give the same bits)."""
     return {
@@ -565,17 +565,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def plan_inputs(
     inputs: Sequence[Path], outdir: Path, fmt: OutputFormat | None, dtype: OutputDtype,
     frames: tuple[int | None, int | None], gain: np.ndarray | None,
-) -> list[_Job]:  # fmt: skip
+) -> list[DenoiseJob]:  # fmt: skip
     """Every movie of every input, each to ``outdir/<its name>``; refuses two inputs writing one output."""
     if outdir.suffix and not outdir.is_dir():
         raise InputFileError(
             f"{outdir}: a batch job writes into a folder (each movie under its own name, plus the manifest "
             f"{MANIFEST_NAME}); give -o a folder name without the {outdir.suffix} suffix"
         )
-    jobs: list[_Job] = []
+    jobs: list[DenoiseJob] = []
     seen: dict[Path, Path] = {}
     for path in inputs:
-        for job in _plan(Path(path), outdir, fmt, dtype, frames, True, gain):
+        for job in plan_jobs(Path(path), outdir, fmt, dtype, frames, True, gain):
             _kind(job.format.value)  # a format batch jobs cannot write yet is refused before any work
             key = job.output.resolve()
             if key in seen:
@@ -588,7 +588,7 @@ def plan_inputs(
     return jobs
 
 
-def split_jobs(jobs: Sequence[_Job], shard_frames: int, parts_dir: Path) -> list[Shard]:
+def split_jobs(jobs: Sequence[DenoiseJob], shard_frames: int, parts_dir: Path) -> list[Shard]:
     """Cut every movie into ranges of ``shard_frames`` to ``2 * shard_frames - 1`` frames (whole when shorter)."""
     shards: list[Shard] = []
     for m, job in enumerate(jobs):
@@ -603,7 +603,7 @@ def split_jobs(jobs: Sequence[_Job], shard_frames: int, parts_dir: Path) -> list
     return shards
 
 
-def _target(job: _Job, shards: Sequence[Shard], pixel_size_nm: float | None) -> MovieTarget:
+def _target(job: DenoiseJob, shards: Sequence[Shard], pixel_size_nm: float | None) -> MovieTarget:
     return MovieTarget(
         str(job.output), str(job.dtype), pixel_size_nm, job.shape[1], job.shape[2],
         tuple((s.part, s.frames) for s in shards),
@@ -615,7 +615,7 @@ def _target(job: _Job, shards: Sequence[Shard], pixel_size_nm: float | None) -> 
 class _State:
     """The driver's view of the job while it runs."""
 
-    jobs: list[_Job]
+    jobs: list[DenoiseJob]
     shards: list[Shard]
     targets: list[MovieTarget]
     manifest: Manifest
@@ -691,7 +691,7 @@ def _open_manifest(
     return manifest, old is None
 
 
-def _pixel_size(job: _Job) -> float | None:
+def _pixel_size(job: DenoiseJob) -> float | None:
     with open_movie(job.input) as movie:
         return movie.pixel_size_nm
 
@@ -927,9 +927,9 @@ def denoise_batch(
     spec = ClusterSpec.parse(cluster) if isinstance(cluster, str) else cluster
     part = ShardSpec.parse(shard) if isinstance(shard, str) else shard
     if "fmt" in options:
-        options["fmt"] = _as_format(options["fmt"])
+        options["fmt"] = as_output_format(options["fmt"])
     if "dtype" in options:
-        options["dtype"] = _as_dtype(options["dtype"])
+        options["dtype"] = as_output_dtype(options["dtype"])
     try:
         opts = BatchOptions(frames=parse_frames(frames), **options)
     except ValidationError as exc:

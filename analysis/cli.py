@@ -206,6 +206,11 @@ class _DenoiseFormat(str, Enum):
     zarr = "zarr"
 
 
+class _DenoiseEstimate(str, Enum):
+    blind = "blind"
+    posterior = "posterior"
+
+
 DENOISE_HELP = """Denoise recorded movies with a trained model, frame by frame.
 
 INPUT is a movie (multi-page TIFF, folder of single-page TIFFs, MRC, DM3/DM4, SER, EMD, npy) or a folder of
@@ -232,6 +237,14 @@ nearest integer (half to even) and clipped to the type's range (negative values 
 
 The backend and device (CPU, or CUDA when present) are chosen by the runtime and logged; a progress bar shows
 frames/s and megapixels/s.
+
+A probabilistic model (trained with network.head=gaussian) outputs the posterior mean by default: the network's
+blind estimate combined with the observed pixel under the noise model of its card (the re-opened blind spot).
+Before each movie the noise model is checked on its own frames; the predicted gain (dB) and the check are logged.
+A failed check warns and falls back to the blind output, unless --estimate posterior is given. --estimate blind
+always gives the blind output. --uncertainty PATH also writes, per frame, the std of the output (posterior std, or
+the prior std for blind) in the input's units, float32, beside the movie in its format (PATH: a file for one
+movie, else a folder; TIFF and MRC outputs).
 
 Batch jobs (several INPUTs, --cluster or --shard; OUTPUT is then a folder): the movies are cut into shards of
 --shard-frames frames, run as tasks, and each movie is assembled from its parts into a file bit-identical to the
@@ -276,6 +289,17 @@ def denoise_command(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    estimate: _DenoiseEstimate | None = typer.Option(
+        None,
+        "--estimate",
+        help="Probabilistic (head=gaussian) models: blind, or posterior (forced even if the noise check fails). "
+        "Default: the posterior when the card has a noise model and the check passes, else blind.",
+    ),
+    uncertainty: Path | None = typer.Option(
+        None,
+        "--uncertainty",
+        help="Also write the std of each output frame (probabilistic models) here: a .tif/.mrc file or a folder.",
+    ),
     preview: Path | None = typer.Option(
         None,
         "--preview",
@@ -307,6 +331,13 @@ def denoise_command(
                 "--resume: a batch job (several INPUTs, --cluster or --shard) resumes by itself from its folder's "
                 "emlive-manifest.jsonl; drop --resume and run the same command again"
             )
+        if uncertainty is not None or estimate is not None:
+            from emlive.core.errors import ConfigError
+
+            raise ConfigError(
+                "--uncertainty/--estimate: not supported by batch jobs (several INPUTs, --cluster or --shard) yet; "
+                "run `emlive denoise` on one movie (or a folder of movies) without --cluster/--shard"
+            )
         _denoise_batch(inputs, output, model, backend=backend, tile=tile, dtype=dtype.value,
                        fmt=None if fmt is None else fmt.value, gain=gain, frames=frames, threads=threads,
                        overwrite=overwrite, progress=progress, as_json=as_json, cluster=cluster, shard=shard,
@@ -331,6 +362,8 @@ def denoise_command(
             progress=progress,
             resume=resume,
             observer=observer,
+            estimate=None if estimate is None else estimate.value,
+            uncertainty=uncertainty,
         )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

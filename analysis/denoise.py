@@ -23,19 +23,22 @@ the nearest integer (half to even) and clipped to the type's range (e.g. negativ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from emlive.analysis.uncertainty import MovieEstimate, log_movie, movie_estimate, uncertainty_paths
 from emlive.core.errors import ConfigError, InputDataError, InputFileError, ModelFileError
 from emlive.core.pixeltypes import storable, stored_dtypes
+from emlive.core.posterior import Estimate
 from emlive.core.readers import (
     DM_SUFFIXES,
     EMD_SUFFIXES,
@@ -52,6 +55,7 @@ from emlive.core.readers import (
 )
 from emlive.core.writers import WRITER_SUFFIXES, open_writer
 from emlive.core.zarrio import ZarrMovieStore, zarr_stem
+from emlive.export.estimates import needs_variance_head
 
 if TYPE_CHECKING:
     from emlive.export.runtime import Denoiser
@@ -93,6 +97,12 @@ class MovieReport:
     width: int
     pixel_size_nm: float | None
     seconds: float
+    # a probabilistic (head=gaussian) model only (emlive.analysis.uncertainty): blind or posterior, the predicted
+    # gain of the posterior (dB, mean over the frames), the noise check, the uncertainty map written
+    estimate: str | None = None
+    predicted_gain_db: float | None = None
+    noise_check: dict[str, Any] | None = None
+    uncertainty: str | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -155,8 +165,10 @@ class DenoiseReport:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """One movie to denoise, checked: where from, where to, which frames, which pixel type."""
+class DenoiseJob:
+    """One movie to denoise, checked by :func:`plan_jobs`: where from, where to (in which format), which pixel type,
+    which frames (``start`` .. ``stop`` - 1) and the input's (T, H, W) ``shape``. The planning API that
+    :mod:`emlive.analysis.batch` shares."""
 
     input: Path
     output: Path
@@ -201,7 +213,9 @@ def resolve_frames(frames: tuple[int | None, int | None], length: int, where: Pa
     return start, stop
 
 
-def _as_format(fmt: OutputFormat | str | None) -> OutputFormat | None:
+def as_output_format(fmt: OutputFormat | str | None) -> OutputFormat | None:
+    """``fmt`` ("tif", ".mrc", "zarr", any case, or an :class:`OutputFormat`) as an OutputFormat; None (keep the
+    input's format) stays None; ConfigError listing the formats otherwise."""
     if fmt is None:
         return None
     try:
@@ -212,7 +226,9 @@ def _as_format(fmt: OutputFormat | str | None) -> OutputFormat | None:
         ) from None
 
 
-def _as_dtype(dtype: OutputDtype | str) -> OutputDtype:
+def as_output_dtype(dtype: OutputDtype | str) -> OutputDtype:
+    """``dtype`` ("float32" or "input", any case, or an :class:`OutputDtype`) as an OutputDtype; ConfigError naming
+    the two choices otherwise."""
     try:
         return OutputDtype(str(dtype).lower())
     except ValueError:
@@ -283,7 +299,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _plan(
+def plan_jobs(
     input_path: Path,
     output: Path,
     fmt: OutputFormat | None,
@@ -292,8 +308,10 @@ def _plan(
     overwrite: bool,
     gain: np.ndarray | None,
     resume: bool = False,
-) -> list[_Job]:
-    """Every (movie, output) pair, checked before any frame is denoised; raises EmliveError on the first problem."""
+) -> list[DenoiseJob]:
+    """Every (movie, output) pair of ``input_path`` (a movie or a folder of movies) into ``output`` (a file or a
+    folder), checked before any frame is denoised: names, formats, pixel types, frame ranges, existing outputs
+    (``overwrite``/``resume``) and the ``gain`` image's shape. Raises EmliveError on the first problem."""
     if not input_path.exists():
         raise InputFileError(f"{input_path}: no such file or folder; check the INPUT path")
     movies = find_movies(input_path)
@@ -326,7 +344,7 @@ def _plan(
         targets.append((movies[0], output / name, chosen))
 
     seen: dict[Path, Path] = {}
-    jobs: list[_Job] = []
+    jobs: list[DenoiseJob] = []
     for movie_path, out_path, chosen in targets:
         key = out_path.resolve()
         if key in seen:
@@ -348,7 +366,7 @@ def _plan(
         out_dtype = np.dtype(np.float32) if dtype == OutputDtype.FLOAT32 else file_dtype
         _check_dtype(movie_path, out_dtype, chosen)
         start, stop = resolve_frames(frames, shape[0], movie_path)
-        jobs.append(_Job(movie_path, out_path, chosen, out_dtype, start, stop, shape))
+        jobs.append(DenoiseJob(movie_path, out_path, chosen, out_dtype, start, stop, shape))
     return jobs
 
 
@@ -370,9 +388,15 @@ def _check_existing(out_path: Path, fmt: OutputFormat, overwrite: bool, resume: 
 
 # --- running ---------------------------------------------------------------------------------------------------
 def load_denoiser(
-    model: str | Path, backend: str = "auto", *, tile: int | None = None, threads: int | None = None
+    model: str | Path,
+    backend: str = "auto",
+    *,
+    tile: int | None = None,
+    threads: int | None = None,
+    estimate: str | None = None,
 ) -> Denoiser:
-    """The runtime's :class:`Denoiser` for ``model`` (ModelFileError naming the file when it is missing or bad)."""
+    """The runtime's :class:`Denoiser` for ``model`` (ModelFileError naming the file when it is missing or bad;
+    ``estimate``: blind or posterior, default the model's, see :mod:`emlive.export.estimates`)."""
     from emlive.export.runtime import Denoiser
 
     path = Path(model)
@@ -383,7 +407,7 @@ def load_denoiser(
         )
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder; pass --model with the model file itself (.ckpt/.pt/.onnx/.engine)")
-    return Denoiser.load(path, backend, threads=threads, tile=tile)
+    return Denoiser.load(path, backend, threads=threads, tile=tile, estimate=estimate)
 
 
 class FrameObserver(Protocol):
@@ -415,9 +439,11 @@ def denoise_to_file(
     progress: bool = True,
     resume: bool = False,
     observer: FrameObserver | None = None,
+    probabilistic: MovieEstimate | None = None,
 ) -> MovieReport:
     """Denoise frames ``start..stop-1`` of an open ``movie`` into ``output`` (.tif/.tiff/.mrc/.mrcs/.zarr), frame by
-    frame.
+    frame. ``probabilistic`` (a head=gaussian model, :mod:`emlive.analysis.uncertainty`): the movie's estimate,
+    its uncertainty map (written beside, frame by frame) and the predicted gain measured on every frame.
 
     Each denoised frame is appended to the file as soon as the runtime yields it; nothing holds more than the
     runtime's window of frames. The pixel size is kept. ``dtype`` is the output's pixel type (integers: rounded,
@@ -435,6 +461,7 @@ def denoise_to_file(
         return denoise_to_zarr(
             movie, out, denoiser, dtype=dtype, start=start, stop=stop, overwrite=overwrite, resume=resume,
             progress=progress, observer=observer,
+            estimate=None if probabilistic is None else probabilistic.estimate,
         )  # fmt: skip
     if resume:
         raise ConfigError(f"{out}: resume=True continues OME-Zarr outputs only; write {out.stem}.ome.zarr")
@@ -444,13 +471,23 @@ def denoise_to_file(
     written = 0
     if observer is not None:
         observer.begin(movie, start, stop)
+    std_writer = contextlib.nullcontext() if probabilistic is None else probabilistic.writer(
+        (height, width), movie.pixel_size_nm, overwrite
+    )
     with (
         open_writer(out, (height, width), dtype, movie.pixel_size_nm, overwrite=overwrite) as writer,
+        std_writer as std,
         _progress(frames, name, progress) as bar,
     ):
         try:
             # every pixel type a reader returns is one the runtime takes (emlive.core.pixeltypes)
-            results: Iterator[tuple[int, np.ndarray]] = denoiser.denoise_movie(movie, start, stop)
+            results: Iterator[tuple[int, np.ndarray]] = (
+                denoiser.denoise_movie(movie, start, stop)
+                if probabilistic is None
+                else probabilistic.frames(
+                    denoiser.denoise_movie(movie, start, stop, uncertainty=True, estimate=probabilistic.estimate), std
+                )
+            )
             for t, frame in results:
                 writer.append(frame)
                 if observer is not None:
@@ -552,10 +589,12 @@ def denoise_to_zarr(
     resume: bool = False,
     progress: bool = True,
     observer: FrameObserver | None = None,
+    estimate: Estimate | None = None,
 ) -> MovieReport:
     """Denoise frames ``start..stop-1`` into an OME-Zarr store, one chunk (frame) at a time as the runtime yields
-    them. With ``resume`` an existing store of the same job keeps its complete frames and only the missing ones
-    are computed (each missing run with its own window margins, so the result equals a clean run bit for bit)."""
+    them (``estimate``: the denoiser's unless given). With ``resume`` an existing store of the same job keeps its
+    complete frames and only the missing ones are computed (each missing run with its own window margins, so the
+    result equals a clean run bit for bit)."""
     out = Path(output)
     n, height, width = movie.shape
     stop = n if stop is None else stop
@@ -574,7 +613,7 @@ def denoise_to_zarr(
     with _progress(todo, movie.path.name or str(movie.path), progress) as bar:
         try:
             for a, b in ranges:
-                for t, frame in denoiser.denoise_movie(movie, start + a, start + b):
+                for t, frame in denoiser.denoise_movie(movie, start + a, start + b, estimate=estimate):
                     store.write_frame(t - start, frame)
                     if observer is not None:
                         observer.frame(t, frame)
@@ -610,6 +649,8 @@ def denoise_path(
     progress: bool = True,
     resume: bool = False,
     observer: FrameObserver | None = None,
+    estimate: Estimate | str | None = None,
+    uncertainty: str | Path | None = None,
 ) -> DenoiseReport:
     """Denoise a movie, or every movie of a folder, with a trained model; returns what was done and how fast.
 
@@ -620,13 +661,16 @@ def denoise_path(
     and clipped). ``fmt``: "tif" or "mrc" instead of the input's format. ``gain``: a gain reference multiplying
     every raw frame. ``frames``: "a:b" or (a, b), frames a..b-1 of each movie (the windows still read the frames
     around them). ``resume``: an existing OME-Zarr output of the same job keeps its complete frames and only the
-    missing ones are computed. ``observer`` sees every denoised frame (``--preview``). Everything is checked
-    before the first frame is computed; errors are EmliveError subclasses.
+    missing ones are computed. ``observer`` sees every denoised frame (``--preview``). ``estimate``: blind or
+    posterior for a probabilistic (head=gaussian) model (default: the posterior where the card has a noise model;
+    given, a failed noise check only warns), ``uncertainty``: a file or folder for the std maps
+    (:mod:`emlive.analysis.uncertainty`). Everything is checked before the first frame is computed; errors are
+    EmliveError subclasses.
     """
     input_path = Path(input)
     out_path = Path(output)
-    out_fmt = _as_format(fmt)
-    out_dtype = _as_dtype(dtype)
+    out_fmt = as_output_format(fmt)
+    out_dtype = as_output_dtype(dtype)
     if frames is None or isinstance(frames, str):
         frame_range = parse_frames(frames)
     else:
@@ -640,16 +684,23 @@ def denoise_path(
         if not Path(gain).exists():
             raise InputFileError(f"{gain}: no such gain reference; check the --gain path")
         gain_image = load_gain(gain)
-    jobs = _plan(input_path, out_path, out_fmt, out_dtype, frame_range, overwrite, gain_image, resume=resume)
+    jobs = plan_jobs(input_path, out_path, out_fmt, out_dtype, frame_range, overwrite, gain_image, resume=resume)
 
+    std_paths: list[Path | None] = [None] * len(jobs)
+    if uncertainty is not None:
+        std_paths = [*uncertainty_paths([(j.input, j.output) for j in jobs], Path(uncertainty), overwrite=overwrite,
+                                        resume=resume)]  # fmt: skip
     began = time.perf_counter()
     if isinstance(model, str | Path):
-        denoiser = load_denoiser(model, backend, tile=tile, threads=threads)
+        denoiser = load_denoiser(model, backend, tile=tile, threads=threads, estimate=estimate)
         model_name = str(model)
     else:
         denoiser = model
         model_name = str(getattr(model, "source", type(model).__name__))
     load_seconds = time.perf_counter() - began
+    chosen = denoiser.check_estimate(estimate)  # the model's default unless given (ConfigError naming the fix)
+    if uncertainty is not None:
+        needs_variance_head(denoiser.card, model_name)
     logger.info(
         "model %s: %d-frame windows, backend %s on %s, tile %d px (loaded in %.2f s)",
         model_name, denoiser.frames, denoiser.backend, denoiser.device, denoiser.tile, load_seconds,
@@ -662,10 +713,13 @@ def denoise_path(
         tile=int(denoiser.tile),
         load_seconds=load_seconds,
     )
-    for job in jobs:
+    for job, std_path in zip(jobs, std_paths, strict=True):
         with open_movie(job.input) as movie:
             if gain_image is not None:
                 movie.set_gain(gain_image)
+            probabilistic = movie_estimate(
+                movie, denoiser, job.start, job.stop, chosen, forced=estimate is not None, uncertainty=std_path
+            )
             t, h, w = movie.shape
             if t < denoiser.frames:
                 logger.info(
@@ -689,10 +743,14 @@ def denoise_path(
                 progress=progress,
                 resume=resume,
                 observer=observer,
+                probabilistic=probabilistic,
             )
         logger.info(
             "wrote %s: %d frames in %.2f s (%.2f frames/s, %.2f MP/s)",
             result.output, result.frames, result.seconds, result.frames_per_second, result.megapixels_per_second,
         )  # fmt: skip
+        if probabilistic is not None:
+            log_movie(result.output, probabilistic)
+            result = replace(result, **probabilistic.report())
         report.movies.append(result)
     return report

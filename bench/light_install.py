@@ -13,7 +13,7 @@ Measured, side by side in one run:
   dev, bench and the other extras); and the installed size of the dependency closure of ``emlive[train]`` and of
   the base (summed from each distribution's RECORD in this environment: what ``pip install 'emlive[train]'``
   and ``pip install emlive`` put on disk), and of ``emlive[train,dm]`` (the training stack with the Gatan/FEI
-  readers, whose ncempy brings matplotlib and hdf5plugin).
+  readers, whose ncempy brings matplotlib and hdf5plugin); and each base distribution's own size.
 * **serve start**: ``emlive serve MODEL.onnx`` started as a process until its ready line (model loaded, sockets
   bound) and until the first denoised frame reaches a subscriber (this script pushes frames from the moment the
   process starts), in interleaved rounds: the light venv; this environment; and this environment running the
@@ -79,8 +79,8 @@ def build_wheel(out: Path) -> Path:
 
 
 def light_venv(root: Path | None = None) -> Path:
-    """The light venv's python, built once per requirement list (about a minute, most of it pip unpacking scipy
-    and onnxruntime) and updated with this checkout's wheel on every call (seconds)."""
+    """The light venv's python, built once per requirement list (about a minute, most of it pip unpacking
+    onnxruntime and numpy) and updated with this checkout's wheel on every call (seconds)."""
     reqs = base_requirements()
     key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:12]
     venv = (root or ROOT / "build" / "light-venv") / key
@@ -167,12 +167,21 @@ def disk_report(light_python: Path) -> dict[str, Any]:
         "train_dm_closure_mb": installed_mb(closure(train_dm)),
         "base_closure_mb": installed_mb(closure(base)),
         "light_largest_mb": _largest(light_site),
+        "base_distributions_mb": _each_mb(closure(base)),
     }
     light = report["light_venv_site_packages_mb"]
     report["ratio_full_venv_over_light"] = report["full_venv_site_packages_mb"] / light
     report["ratio_train_over_light"] = report["train_closure_mb"] / light
     report["ratio_train_dm_over_light"] = report["train_dm_closure_mb"] / light
+    # like for like: both closures summed from RECORDs (the light venv also holds pip and setuptools)
+    report["ratio_train_dm_over_base_closure"] = report["train_dm_closure_mb"] / report["base_closure_mb"]
     return report
+
+
+def _each_mb(names: set[str]) -> dict[str, float]:
+    """Installed MB of each distribution (the candidates for leaving the base dependencies), largest first."""
+    sizes = {name: round(installed_mb({name}), 2) for name in names}
+    return dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
 
 
 def _largest(site: Path, n: int = 8) -> dict[str, float]:

@@ -25,8 +25,9 @@ class InputDataError(EmliveError):
     """An array handed to emlive has the wrong shape, dtype or values (NaN/inf)."""
 
 
-TRAINING_STACK = ("torch", "lightning", "onnx", "tensorboard", "matplotlib")
-"""The packages of the ``train`` extra that the light install (serving exported models) does without."""
+TRAINING_STACK = ("torch", "lightning", "onnx", "tensorboard", "matplotlib", "scipy")
+"""The packages of the ``train`` extra that the light install (serving exported models) does without (scipy: for
+noise-stats and the Gaussian baseline; the simulator and the metrics need only numpy)."""
 
 TRAIN_INSTALL_HINT = "this needs the training stack: pip install 'emlive[train]'"
 

@@ -87,6 +87,14 @@ class NoiseModel(BaseModel):
     frames_used: int = Field(0, ge=0, description="Frames the estimate was measured on.")
     pairs: int = Field(0, ge=0, description="Frame pairs (or images) measured.")
     warnings: list[str] = Field(default_factory=list)
+    source: str | None = Field(
+        None,
+        description="Where it came from: 'training data' (measured) or 'data.noise' (given); None in older cards. "
+        "Its values are those of the pixels the network sees (binned by data.bin, as the sum of the bin).",
+    )
+    correlated: bool | None = Field(
+        None, description="Whether pixels share noise (charge sharing); None: judged from the kernel."
+    )
 
 
 class TeacherInfo(BaseModel):

@@ -9,6 +9,7 @@ needs only this module; the registry that builds the torch module of a config is
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 DEFAULT_KIND = "blindspot"
 
 NETWORK_SCHEMA_VERSION = 1
+
+
+class Head(enum.StrEnum):
+    """What the blind-spot network outputs per pixel (the card's ``network.head``)."""
+
+    mean = "mean"  # the blind estimate only: 1 channel
+    gaussian = "gaussian"  # also the log prior variance: 2 channels (emlive.core.network, emlive.core.posterior)
 
 
 class NetworkConfig(BaseModel):
@@ -33,6 +41,11 @@ class NetworkConfig(BaseModel):
     width: Annotated[int, Field(ge=8, le=256, description="Feature channels F (multiple of 4).")] = 64
     scales: Annotated[int, Field(ge=1, le=5, description="Resolution levels (pooling by 2 between them).")] = 4
     blocks: Annotated[int, Field(ge=0, le=8, description="Residual blocks per scale.")] = 2
+    head: Head = Field(
+        Head.mean,
+        description="mean: the blind estimate only; gaussian: also the log-variance of the prior (Laine et al. "
+        "2019), for posterior-mean inference and an uncertainty map",
+    )
 
     @field_validator("frames")
     @classmethod
@@ -75,6 +88,11 @@ class NetworkConfig(BaseModel):
         return 2 ** (self.scales - 1)
 
     @property
+    def out_channels(self) -> int:
+        """Output channels: 1 (the blind mean), or 2 with ``head=gaussian`` (mean, log prior variance)."""
+        return 2 if self.head is Head.gaussian else 1
+
+    @property
     def receptive_radius(self) -> int:
         """See :func:`receptive_radius`."""
         return receptive_radius(self)
@@ -90,7 +108,7 @@ class NetworkConfig(BaseModel):
         plan = readout_plan(self)
         readouts = sum((8 + 1) * f * f / 4**s for s, _, _, _ in plan)
         r = len(plan)
-        head = (r * f) * (r * f // 2) + (r * f // 2) * f + f
+        head = (r * f) * (r * f // 2) + (r * f // 2) * f + f * self.out_channels
         return center + neighbours + blocks + readouts + head
 
 
@@ -171,6 +189,11 @@ class StudentConfig(BaseModel):
     @property
     def pad_multiple(self) -> int:
         return self.unshuffle
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: 1 (a student predicts the denoised frame only)."""
+        return 1
 
     @property
     def blind_spot(self) -> tuple[int, int]:

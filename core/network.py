@@ -19,7 +19,13 @@ Structure, with width F and a (2a+1) x (2b+1) blind spot:
   dy = floor(r + 1.5 + (a - 0.5) / f) + 1 (same for dx with b). Read-outs are taken from the base map and after
   every block at full resolution, and from the pooled base and after the last block at the coarser scales
   (9 read-outs for 4 scales and 2 blocks), each followed by GELU and a 1x1 convolution, then upsampled.
-* **Head.** The read-outs are concatenated and reduced by 1x1 convolutions (R*F -> R*F/2 -> F -> 1).
+* **Head.** The read-outs are concatenated and reduced by 1x1 convolutions (R*F -> R*F/2 -> F -> 1, or -> 2 with
+  ``head=gaussian``). Channel 0 is the blind estimate mu of the center frame in z units (the center frame's
+  normalised units). With ``head=gaussian`` channel 1 is log(sigma_x^2), the log variance of the prior (the blind
+  estimate's error, Laine et al. 2019) in z units, soft-clamped by :func:`soft_clamp_log_var` to
+  [``LOG_VAR_MIN``, ``LOG_VAR_MAX``] = [-10, 6]: exp() of it lies in 4.5e-5..403, finite in fp16 (max 65504),
+  so no runtime can overflow. Both channels are computed from the same blind features by 1x1 convolutions and an
+  elementwise clamp, so the blind spot holds for both.
 
 No biases, no normalisation layers (both would let statistics of the blind window leak into the output). Inputs
 are zero-padded (never reflected: a mirrored copy of a pixel's own noise would leak) to a multiple of the total
@@ -37,11 +43,25 @@ from torch import nn
 
 from emlive.core.netconfig import (  # noqa: F401 - the configs' home; re-exported for existing importers
     NETWORK_SCHEMA_VERSION,
+    Head,
     NetworkConfig,
     readout_plan,
     receptive_radius,
     ring_dilation,
 )
+
+LOG_VAR_MIN = -10.0  # z units^2, log: exp(-10) = 4.5e-5, a prior std of 0.7% of the frame's std
+LOG_VAR_MAX = 6.0  # exp(6) = 403: a prior std of 20 frame stds, i.e. no prior; finite in fp16
+
+
+LOG_VAR_INIT_SCALE = 0.01  # the log-variance row of the last 1x1 convolution starts this small
+
+
+def soft_clamp_log_var(raw: torch.Tensor) -> torch.Tensor:
+    """The log prior variance from the head's raw channel: a smooth (tanh) map onto [LOG_VAR_MIN, LOG_VAR_MAX],
+    the identity slope near its centre (-2); elementwise, so it keeps the blind spot."""
+    centre, half = (LOG_VAR_MAX + LOG_VAR_MIN) / 2, (LOG_VAR_MAX - LOG_VAR_MIN) / 2
+    return centre + half * torch.tanh((raw - centre) / half)
 
 
 class RingConv2d(nn.Module):
@@ -117,7 +137,8 @@ def embed_frames(center_embed: nn.Module, neighbour_embed: nn.Module, x: torch.T
 
 
 class BlindSpotNet(nn.Module):
-    """Blind-spot denoiser: (B, N, H, W) z-scored frames in, (B, 1, H, W) estimate of the center frame out."""
+    """Blind-spot denoiser: (B, N, H, W) z-scored frames in, (B, 1, H, W) estimate of the center frame out;
+    (B, 2, H, W) with ``head=gaussian``: the estimate (prior mean) and the log prior variance, both in z units."""
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
         super().__init__()
@@ -145,8 +166,13 @@ class BlindSpotNet(nn.Module):
             nn.GELU(),
             _conv(n_read * width // 2, width, 1),
             nn.GELU(),
-            _conv(width, 1, 1),
+            _conv(width, cfg.out_channels, 1),
         )
+        if cfg.head is Head.gaussian:  # start from log variance ~0: a prior as wide as the frame (it knows nothing)
+            last = self.head[-1]
+            assert isinstance(last, nn.Conv2d)
+            with torch.no_grad():
+                last.weight[1:].mul_(LOG_VAR_INIT_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -172,8 +198,10 @@ class BlindSpotNet(nn.Module):
                     if s > 0:
                         out = F.interpolate(out, size=full_size, mode="bilinear", align_corners=False)
                     outputs.append(out)
-        y = self.head(torch.cat(outputs, dim=1))
-        return y[..., :h, :w]
+        y = self.head(torch.cat(outputs, dim=1))[..., :h, :w]
+        if cfg.head is Head.gaussian:
+            y = torch.cat([y[:, :1], soft_clamp_log_var(y[:, 1:2])], dim=1)
+        return y
 
     def fused(self) -> BlindSpotNet:
         """A copy whose ring convolutions are plain ``nn.Conv2d`` with the blind taps folded to zero."""

@@ -39,10 +39,9 @@ from typing import Any, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from scipy import fft as sp_fft
-from scipy.ndimage import correlate1d
 
 from emlive.core.errors import ConfigError, InputFileError
+from emlive.core.filters import correlate1d, next_fast_len
 from emlive.core.readers import FrameIndexError, Movie
 
 logger = logging.getLogger(__name__)
@@ -199,9 +198,9 @@ def _apply_kernel(image: np.ndarray, kind: CorrelatedNoise) -> np.ndarray:
         return image
     if kind == CorrelatedNoise.ISOTROPIC:
         k = _kernel_1d()
-        return correlate1d(correlate1d(image, k, axis=0, mode="reflect"), k, axis=1, mode="reflect")
+        return correlate1d(correlate1d(image, k, axis=0), k, axis=1)
     line = _kernel_1d()
-    return correlate1d(image, line, axis=1 if kind == CorrelatedNoise.HORIZONTAL else 0, mode="reflect")
+    return correlate1d(image, line, axis=1 if kind == CorrelatedNoise.HORIZONTAL else 0)
 
 
 class _Scene:
@@ -212,20 +211,20 @@ class _Scene:
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _STATIC_STREAM]))
         h, w = cfg.height, cfg.width
         # The film: a periodic field larger than the frame, shifted exactly (Fourier phase) for stage drift.
-        self.ph = sp_fft.next_fast_len(h + 32, real=True)
-        self.pw = sp_fft.next_fast_len(w + 32, real=True)
+        self.ph = next_fast_len(h + 32)
+        self.pw = next_fast_len(w + 32)
         ky = np.fft.fftfreq(self.ph)[:, None]
         kx = np.fft.rfftfreq(self.pw)[None, :]
         k2 = ky**2 + kx**2
-        white = sp_fft.rfft2(rng.standard_normal((self.ph, self.pw)))
+        white = np.fft.rfft2(rng.standard_normal((self.ph, self.pw)))
         fine = np.exp(-2.0 * math.pi**2 * cfg.background_correlation**2 * k2)
         coarse = np.exp(-2.0 * math.pi**2 * (8.0 * cfg.background_correlation) ** 2 * k2)
-        fine_field = sp_fft.irfft2(white * fine, s=(self.ph, self.pw))
-        coarse_field = sp_fft.irfft2(white * coarse, s=(self.ph, self.pw))
+        fine_field = np.fft.irfft2(white * fine, s=(self.ph, self.pw))
+        coarse_field = np.fft.irfft2(white * coarse, s=(self.ph, self.pw))
         field = fine_field / max(float(fine_field.std()), 1e-12)
         field += 0.5 * coarse_field / max(float(coarse_field.std()), 1e-12)
         field /= max(float(field.std()), 1e-12)
-        self.film_spectrum = sp_fft.rfft2(field) * cfg.background_strength
+        self.film_spectrum = np.fft.rfft2(field) * cfg.background_strength
         self.ky = ky
         self.kx = kx
         angle = rng.uniform(0, 2 * math.pi)
@@ -275,10 +274,10 @@ class _Scene:
         if cfg.field_lattice_contrast <= 0 or cfg.field_lattice_coverage >= 1:
             return
         k2 = self.ky**2 + self.kx**2
-        grains = sp_fft.irfft2(white * np.exp(-2.0 * math.pi**2 * 24.0**2 * k2), s=(self.ph, self.pw))
+        grains = np.fft.irfft2(white * np.exp(-2.0 * math.pi**2 * 24.0**2 * k2), s=(self.ph, self.pw))
         grains /= max(float(grains.std()), 1e-12)
         self.grain_threshold = float(np.quantile(grains, 1.0 - cfg.field_lattice_coverage))
-        self.grain_spectrum = sp_fft.rfft2(grains - self.grain_threshold)
+        self.grain_spectrum = np.fft.rfft2(grains - self.grain_threshold)
 
     def _shifted(self, spectrum: np.ndarray, t: int) -> np.ndarray:
         """The periodic field of ``spectrum`` shifted by the stage drift at frame t (Fourier phase), (H, W)."""
@@ -287,7 +286,7 @@ class _Scene:
             dy = shift[0] % self.ph
             dx = shift[1] % self.pw
             spectrum = spectrum * np.exp(-2j * math.pi * (self.ky * dy + self.kx * dx))
-        return np.asarray(sp_fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width])
+        return np.asarray(np.fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width])
 
     def crystal(self, t: int) -> np.ndarray | None:
         """The field's lattice transmission 1 + contrast * fringes * grains (H, W) at frame t, or None."""
@@ -314,7 +313,7 @@ class _Scene:
         return (1.0 + self._shifted(self.film_spectrum, t)).astype(np.float32)
 
     def _film_from(self, spectrum: np.ndarray) -> np.ndarray:
-        field = sp_fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width]
+        field = np.fft.irfft2(spectrum, s=(self.ph, self.pw))[: self.cfg.height, : self.cfg.width]
         return (1.0 + field).astype(np.float32)
 
     def intensity(self, t: int) -> np.ndarray:

@@ -6,17 +6,22 @@ Heavy imports (torch, onnx, onnxruntime) happen inside the commands so that ``em
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from emlive.core.errors import ConfigError
 from emlive.export.backendnames import backend_help
+
+if TYPE_CHECKING:
+    from emlive.export.bioimageio import PackageMeta
 
 DEFAULT_OPSET = 17  # mirrors emlive.export.onnx_export.DEFAULT_OPSET without importing torch at start-up
 
 
 def export(
     checkpoint: Path = typer.Argument(..., help="Trained checkpoint (.ckpt from `emlive train`, or .pt)."),
-    output: Path = typer.Option(..., "--output", "-o", help="ONNX model to write (.onnx)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="ONNX model to write (.onnx)."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and activations (float32 input/output)."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset (13-20)."),
     tensorrt: bool = typer.Option(
@@ -27,9 +32,42 @@ def export(
     trt_max: int = typer.Option(2048, "--trt-max", help="Largest frame side (px); larger frames are tiled."),
     trt_fp32: bool = typer.Option(False, "--trt-fp32", help="Build a float32 TensorRT engine (default fp16)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check against PyTorch."),
+    bioimageio: Path | None = typer.Option(
+        None,
+        "--bioimageio",
+        help="Write a BioImage Model Zoo package (.zip: ONNX + TorchScript, test tensors, model card); with or "
+        "instead of -o. Needs the bioimageio extra.",
+    ),
+    author: list[str] = typer.Option(
+        None, "--author", help="Package author, repeatable (--bioimageio; default: 'emlive developers')."
+    ),
+    license_id: str = typer.Option("MIT", "--license", help="SPDX license of the package (--bioimageio)."),
+    test_movie: Path | None = typer.Option(
+        None,
+        "--test-movie",
+        help="Movie whose middle frames (centre crop) become the package's test tensors (--bioimageio; default: a "
+        "simulated movie).",
+    ),
+    test_size: int | None = typer.Option(
+        None, "--test-size", help="Side of the test window in px (--bioimageio; default: the smallest valid >= 128)."
+    ),
 ) -> None:
     """Export a checkpoint to ONNX (dynamic batch/height/width, model card in the metadata), check that ONNX
-    Runtime reproduces PyTorch, and optionally build a TensorRT engine."""
+    Runtime reproduces PyTorch, and optionally build a TensorRT engine; or (--bioimageio) a BioImage Model Zoo
+    package."""
+    if output is None and (bioimageio is None or tensorrt):
+        raise ConfigError(
+            "emlive export: no ONNX output given; give -o MODEL.onnx (needed by --tensorrt) and/or --bioimageio "
+            "MODEL.zip"
+        )
+    if bioimageio is not None:
+        from emlive.export.bioimageio import PackageMeta, require_bioimageio
+
+        require_bioimageio()  # before any export: fail fast when the extra is missing
+        meta = PackageMeta(authors=tuple(author) if author else PackageMeta().authors, license=license_id)
+        _export_bioimageio(checkpoint, bioimageio, meta, test_movie, test_size, opset)
+    if output is None:
+        return
     from emlive.export.onnx_export import export_onnx
 
     profile = None
@@ -54,6 +92,21 @@ def export(
         typer.echo(f"wrote {trt.engine} and {trt.sidecar} (cached as {trt.cached})")
         for p in trt.parity:
             typer.echo(f"  parity tensorrt vs torch: {p.describe()}")
+
+
+def _export_bioimageio(
+    checkpoint: Path, path: Path, meta: PackageMeta, test_movie: Path | None, test_size: int | None, opset: int
+) -> None:
+    from emlive.export.bioimageio import describe_parity, export_bioimageio
+
+    result = export_bioimageio(checkpoint, path, meta=meta, test_movie=test_movie, test_size=test_size, opset=opset)
+    geo = result.geometry
+    typer.echo(
+        f"wrote {result.path} (BioImage Model Zoo, {result.size_bytes / 1e6:.2f} MB) in {result.seconds:.1f} s: "
+        f"frames {geo.min_size} + n x {geo.step} px, halo {geo.halo} px, test window {result.test_shape}"
+    )
+    for p in result.parity:
+        typer.echo(f"  parity {describe_parity(p)}")
 
 
 def bench(

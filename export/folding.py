@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emlive.core.network import BlindSpotNet, NetworkConfig, RingConv2d, embed_frames
+from emlive.core.network import BlindSpotNet, Head, NetworkConfig, RingConv2d, embed_frames, soft_clamp_log_var
 
 
 class FoldedBlindSpotNet(nn.Module):
@@ -108,8 +108,10 @@ class FoldedBlindSpotNet(nn.Module):
                 total = up if total is None else up + total
         if total is None:  # unreachable: every plan has a full-resolution read-out
             raise RuntimeError("network plan without read-outs")
-        y = self.head_rest(total)
-        return y[..., :h, :w]
+        y = self.head_rest(total)[..., :h, :w]
+        if cfg.head is Head.gaussian:  # the same elementwise clamp of the log prior variance as BlindSpotNet
+            y = torch.cat([y[:, :1], soft_clamp_log_var(y[:, 1:2])], dim=1)
+        return y
 
 
 def fold_network(net: BlindSpotNet) -> FoldedBlindSpotNet:

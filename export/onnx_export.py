@@ -4,7 +4,10 @@ The graph
 ---------
 * Input ``frames``: float32 ``(batch, N, height, width)``, every frame z-scored on its own (the runtime does that,
   :mod:`emlive.export.runtime`). Output ``denoised``: float32 ``(batch, 1, height, width)`` in the center frame's
-  z-units. Batch, height and width are dynamic (``dim_param`` names ``batch``, ``height``, ``width``).
+  z-units; ``(batch, 2, height, width)`` for a ``head=gaussian`` network: channel 0 the blind estimate (the prior
+  mean), channel 1 the log prior variance, both in the center frame's z-units (the runtime turns them into the
+  posterior mean, :mod:`emlive.core.posterior`). Batch, height and width are dynamic (``dim_param`` names
+  ``batch``, ``height``, ``width``).
 * The network is :class:`~emlive.export.folding.FoldedBlindSpotNet`: ring convolutions are plain ``Conv`` nodes
   (blind taps folded to zero, no mask ``Mul``), and the read-out projections are folded into the head.
 * Padding lives in the graph: the input is zero-padded at the bottom/right to a multiple of ``pad_multiple`` with
@@ -15,7 +18,8 @@ The graph
   ``Cast`` nodes), so callers never change.
 * Metadata (``metadata_props``): ``emlive_card`` (the full :class:`~emlive.core.modelcard.ModelCard` JSON) plus
   readable keys ``frames``, ``blind_spot`` (e.g. ``3x3``), ``normalization``, ``width``, ``emlive_version``,
-  ``precision`` (fp32/fp16) and ``input`` (a one-line description of the expected input).
+  ``precision`` (fp32/fp16), ``head`` (mean/gaussian), ``noise`` (the card's noise model in one line, or
+  ``none``) and ``input`` (a one-line description of the expected input and output).
 
 Parity
 ------
@@ -24,7 +28,11 @@ inputs: standard-normal frames of an odd size (61 x 83: exercises padding and cr
 (a smooth random image with Poisson noise, z-scored per frame, 96 x 128). The maximum absolute difference must be
 at most ``FP32_RELATIVE_BOUND`` (1e-4) times the PyTorch output's range for float32 and ``FP16_RELATIVE_BOUND``
 (5e-3) for float16. Measured: float32 about 3e-7 of the range, float16 about 4e-4 of the range (random-weight
-default and small models; see the tests). A failure raises :class:`~emlive.export.errors.ParityError`.
+default and small models; see the tests). The log-variance channel of a ``head=gaussian`` network is checked on
+its own, against an absolute bound in log units (``LOG_VAR_BOUND_FP32`` 1e-4, ``LOG_VAR_BOUND_FP16`` 2e-2: an error
+d in log(sigma_x^2) is a relative error d in the prior variance, so fp16 may be 2 % off, which moves the posterior
+by a fraction of that); its range is tiny for an untrained head, so a relative bound would mean nothing. A failure
+raises :class:`~emlive.export.errors.ParityError`.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +68,8 @@ MIN_OPSET = 13
 MAX_OPSET = 20
 FP32_RELATIVE_BOUND = 1e-4
 FP16_RELATIVE_BOUND = 5e-3
+LOG_VAR_BOUND_FP32 = 1e-4  # absolute, in log(z units^2): the log prior variance channel (head=gaussian)
+LOG_VAR_BOUND_FP16 = 2e-2
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
 
 
@@ -72,6 +82,7 @@ class ParityResult:
     max_abs_error: float
     output_range: float
     bound: float
+    channel: str = "mean"  # "mean" (relative bound), or "log-variance" (absolute bound, head=gaussian)
 
     @property
     def relative_error(self) -> float:
@@ -83,6 +94,8 @@ class ParityResult:
 
     def describe(self) -> str:
         h, w = self.shape[-2:]
+        if self.channel != "mean":
+            return f"{self.name} {h}x{w}: max |exported - torch| = {self.max_abs_error:.3g} (bound {self.bound:.3g})"
         return (
             f"{self.name} {h}x{w}: max |exported - torch| = {self.max_abs_error:.3g} "
             f"({self.relative_error:.2g} of the output range {self.output_range:.3g}; bound {self.bound:.3g})"
@@ -102,7 +115,14 @@ class ExportResult:
 
     @property
     def max_relative_error(self) -> float:
-        return max((p.relative_error for p in self.parity), default=float("nan"))
+        """The worst error of the denoised output (channel 0) relative to its range."""
+        return max((p.relative_error for p in self.parity if p.channel == "mean"), default=float("nan"))
+
+    @property
+    def max_log_var_error(self) -> float | None:
+        """The worst absolute error of the log prior variance (head=gaussian), None for a one-channel model."""
+        errors = [p.max_abs_error for p in self.parity if p.channel == "log-variance"]
+        return max(errors) if errors else None
 
 
 class _Float16Graph(nn.Module):
@@ -130,9 +150,31 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+def log_var_bound(fp16: bool) -> float:
+    """The absolute parity bound of the log prior variance channel (head=gaussian), in log units."""
+    return LOG_VAR_BOUND_FP16 if fp16 else LOG_VAR_BOUND_FP32
+
+
+def noise_summary(card: ModelCard) -> str:
+    """The card's noise model in one line (``metadata_props`` key ``noise``), ``none`` without one."""
+    noise = card.noise
+    if noise is None:
+        return "none"
+    fields = {"gain": noise.gain, "offset": noise.offset, "read_noise": noise.read_noise, "intercept": noise.intercept}
+    values = ", ".join(f"{k} {v:.4g}" for k, v in fields.items() if v is not None)
+    return f"{noise.method}: {values or 'no fitted parameters'}; kernel {len(noise.kernel)}x{len(noise.kernel)}"
+
+
 def card_metadata(card: ModelCard, fp16: bool) -> dict[str, str]:
     """The ``metadata_props`` written into every exported model."""
     bh, bw = card.blind_spot
+    channels = card.network.out_channels
+    output = (
+        f"{OUTPUT_NAME}: (batch, 1, height, width) in the center frame's z-units"
+        if channels == 1
+        else f"{OUTPUT_NAME}: (batch, 2, height, width): the blind estimate and the log prior variance, in the center "
+        "frame's z-units"
+    )
     return {
         CARD_KEY: card.to_json(),
         "frames": str(card.frames),
@@ -141,10 +183,10 @@ def card_metadata(card: ModelCard, fp16: bool) -> dict[str, str]:
         "width": str(card.network.width),
         "emlive_version": __version__,
         "precision": "fp16" if fp16 else "fp32",
-        "input": (
-            f"{INPUT_NAME}: float32 (batch, {card.frames}, height, width), each frame z-scored on its own; "
-            f"{OUTPUT_NAME}: (batch, 1, height, width) in the center frame's z-units"
-        ),
+        "head": str(getattr(card.network, "head", "mean")),  # a student has no head field: mean
+        "noise": noise_summary(card),
+        "input": f"{INPUT_NAME}: float32 (batch, {card.frames}, height, width), each frame z-scored on its own; "
+        + output,
     }
 
 
@@ -218,6 +260,21 @@ def compare(name: str, exported: np.ndarray, reference: np.ndarray, rel_bound: f
     return ParityResult(name, tuple(reference.shape), err, out_range, rel_bound * scale)
 
 
+def compare_channels(name: str, exported: np.ndarray, reference: np.ndarray, fp16: bool) -> list[ParityResult]:
+    """Parity of each output channel: the denoised mean (channel 0) against the relative bound, the log prior
+    variance (channel 1 of a head=gaussian network) against its absolute bound (see the module docstring)."""
+    if exported.shape != reference.shape:
+        raise ParityError(
+            f"{name}: the exported model outputs shape {exported.shape}, the PyTorch network {reference.shape}; "
+            "re-export the model with this emlive"
+        )
+    results = [compare(name, exported[:, :1], reference[:, :1], relative_bound(fp16))]
+    if reference.shape[1] > 1:
+        log_var = compare(f"{name} (log-variance)", exported[:, 1:2], reference[:, 1:2], 0.0)
+        results.append(replace(log_var, bound=log_var_bound(fp16), channel="log-variance"))
+    return results
+
+
 def check_onnx_parity(
     net: AnyNetwork, model_bytes: bytes, frames: int, fp16: bool, source: str = "exported model"
 ) -> list[ParityResult]:
@@ -227,11 +284,10 @@ def check_onnx_parity(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    rel = relative_bound(fp16)
     results = []
     for name, x in parity_inputs(frames):
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        results.append(compare(name, got, _torch_reference(net, x), rel))
+        results.extend(compare_channels(name, got, _torch_reference(net, x), fp16))
     raise_on_failure(results, source, "ONNX Runtime (CPU)", fp16)
     return results
 
@@ -241,9 +297,14 @@ def raise_on_failure(results: list[ParityResult], source: str, engine: str, fp16
         log.info("parity %s (%s): %s", engine, "fp16" if fp16 else "fp32", r.describe())
     bad = [r for r in results if not r.passed]
     if bad:
+        rule = (
+            f"max error <= {relative_bound(fp16):g} x output range"
+            if bad[0].channel == "mean"
+            else f"max error of the log prior variance <= {log_var_bound(fp16):g} (absolute)"
+        )
         raise ParityError(
             f"{source}: {engine} does not reproduce the PyTorch network: {bad[0].describe()}; the rule is "
-            f"max error <= {relative_bound(fp16):g} x output range ({'fp16' if fp16 else 'fp32'}). Re-export "
+            f"{rule} ({'fp16' if fp16 else 'fp32'}). Re-export "
             "with the default opset, without --fp16, or report the model and the versions of torch/onnxruntime"
         )
 

@@ -30,7 +30,13 @@ What happens inside, in order:
    whole-frame inference up to float rounding. Normalisation happens before tiling, so the statistics are always
    the whole frame's.
 4. **Inference** by one engine (:mod:`emlive.export.backends`, :mod:`emlive.export.tensorrt`), with buffers
-   preallocated per shape and bound once (ONNX Runtime IOBinding).
+   preallocated per shape and bound once (ONNX Runtime IOBinding). The output has 1 channel, or 2 for a
+   ``network.head=gaussian`` model (the blind estimate and the log prior variance); tiles carry both.
+5. **Estimate** (:mod:`emlive.export.estimates`, the one place for every window, offline and live): the blind
+   estimate (a plain model: one denormalisation, as always), or for a ``head=gaussian`` model whose card has a
+   noise model the posterior mean (by default; ``estimate="blind"`` to turn it off), which combines the network's
+   prior with the raw center frame. ``uncertainty=True`` (``denoise_window``, ``denoise_movie``,
+   ``FrameStream.denoise``) returns a :class:`~emlive.export.estimates.Denoised` instead: the frame and its std.
 
 Backends (:class:`BackendName`) and what ``auto`` picks, first available wins, each skip logged with its reason:
 
@@ -60,7 +66,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -68,6 +74,7 @@ from emlive.core.errors import TRAIN_INSTALL_HINT, ConfigError, InputDataError, 
 from emlive.core.modelcard import ModelCard, Normalization, load_checkpoint
 from emlive.core.normalize import denormalize, frame_stats, normalize_into
 from emlive.core.pixeltypes import PIXEL_TYPES, check_pixel_type
+from emlive.core.posterior import Estimate
 from emlive.core.windows import window_indices
 from emlive.export.backendnames import BACKENDS, BackendInfo, BackendName, backend_help  # noqa: F401 - re-exported
 from emlive.export.backends import (
@@ -79,6 +86,14 @@ from emlive.export.backends import (
     ort_provider_unavailable_reason,
 )
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
+from emlive.export.estimates import (  # noqa: F401 - Denoised re-exported: the runtime's uncertainty result
+    Denoised,
+    card_noise,
+    choose_estimate,
+    estimate_frame,
+    needs_variance_head,
+    parse_estimate,
+)
 from emlive.export.onnxmeta import read_onnx_bytes_and_card
 from emlive.export.tiling import Tile, check_tile, plan_tiles, tile_margin
 
@@ -337,7 +352,13 @@ class Denoiser:
     """
 
     def __init__(
-        self, engine: InferenceEngine, card: ModelCard, *, tile: int | None = None, source: str = "model"
+        self,
+        engine: InferenceEngine,
+        card: ModelCard,
+        *,
+        tile: int | None = None,
+        source: str = "model",
+        estimate: Estimate | str | None = None,
     ) -> None:
         if card.normalization is not Normalization.zscore_per_frame:
             raise ModelFileError(f"{source}: normalisation {card.normalization.value} is not supported by this runtime")
@@ -359,8 +380,11 @@ class Denoiser:
         self.tile = check_tile(chosen, cfg)
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self._plans: dict[tuple[int, int], list[Tile]] = {}
+        self.channels = cfg.out_channels  # network outputs: 1, or 2 for head=gaussian (mean, log prior variance)
+        self.noise = card_noise(card, source)  # the card's pixel noise model (counts), None without one
+        self.estimate = choose_estimate(estimate, card, self.noise, source)  # what the plain calls return
         log.info(
-            "denoiser: %s on %s (%d frames, blind spot %dx%d, width %d, tile %d px, margin %d px)",
+            "denoiser: %s on %s (%d frames, blind spot %dx%d, width %d, tile %d px, margin %d px, %s estimate)",
             engine.name,
             engine.device,
             card.frames,
@@ -368,6 +392,7 @@ class Denoiser:
             cfg.width,
             self.tile,
             self.margin,
+            self.estimate.value,
         )
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -380,21 +405,26 @@ class Denoiser:
         threads: int | None = None,
         tile: int | None = None,
         spin: bool = True,
+        estimate: Estimate | str | None = None,
     ) -> Denoiser:
         """Load a checkpoint (.ckpt/.pt), an exported model (.onnx) or a TensorRT engine (.engine/.trt).
 
         ``threads``: CPU threads (default: physical cores); ``tile``: largest region run at once (default per
         backend); ``spin``: ONNX Runtime's CPU threads spin-wait for the next run (fastest back to back; a live
-        service paced by a detector passes False, see :class:`~emlive.export.backends.OrtEngine`). Raises
-        ModelFileError, BackendUnavailableError or ConfigError with one clear line.
+        service paced by a detector passes False, see :class:`~emlive.export.backends.OrtEngine`); ``estimate``:
+        ``blind`` or ``posterior`` (default: the posterior for a ``head=gaussian`` model whose card has a noise
+        model, else blind; :mod:`emlive.export.estimates`). Raises ModelFileError, BackendUnavailableError or
+        ConfigError with one clear line.
         """
         chosen = parse_backend(backend)
         if threads is not None and threads < 1:
             raise ConfigError(f"threads={threads}: must be at least 1 (or None for the physical core count)")
         p = Path(path)
         model = _load_model(p)
+        if estimate is not None:  # a posterior the model cannot give is refused before the engine is built
+            choose_estimate(estimate, model.card, card_noise(model.card, str(p)), str(p))
         engine = _select(model, chosen, threads, spin=spin)
-        return cls(engine, model.card, tile=tile, source=str(p))
+        return cls(engine, model.card, tile=tile, source=str(p), estimate=estimate)
 
     @classmethod
     def from_network(
@@ -406,6 +436,7 @@ class Denoiser:
         threads: int | None = None,
         tile: int | None = None,
         fold: bool | None = None,
+        estimate: Estimate | str | None = None,
     ) -> Denoiser:
         """A denoiser for an in-memory network (as if loaded from its checkpoint). ``fold`` matters only for the
         PyTorch backends (see :class:`~emlive.export.torchengine.TorchEngine`): ``False`` runs the original
@@ -413,7 +444,8 @@ class Denoiser:
         chosen = parse_backend(backend)
         card = card or ModelCard(network=net.config)
         model = _Model(None, "checkpoint", card, net=net.float().cpu().eval())
-        return cls(_select(model, chosen, threads, fold), card, tile=tile, source="in-memory network")
+        engine = _select(model, chosen, threads, fold)
+        return cls(engine, card, tile=tile, source="in-memory network", estimate=estimate)
 
     # --- properties ---------------------------------------------------------------------------------------------
     @property
@@ -483,7 +515,7 @@ class Denoiser:
         return self._buffer(role + "-in", (1, self.frames, *shape))
 
     def _output_buffer(self, shape: tuple[int, int], role: str = "frame") -> np.ndarray:
-        return self._buffer(role + "-out", (1, 1, *shape))
+        return self._buffer(role + "-out", (1, self.channels, *shape))
 
     @staticmethod
     def _normalize_into(frame: np.ndarray, mean: float, std: float, out: np.ndarray) -> None:
@@ -507,36 +539,48 @@ class Denoiser:
         return plan
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        """Network output (H, W) in z-units for a normalised (1, N, H, W) buffer; a view of an internal buffer."""
+        """Network output (C, H, W) in z-units for a normalised (1, N, H, W) buffer (C = 1, or 2 for a
+        ``head=gaussian`` model: the blind estimate and the log prior variance); a view of an internal buffer."""
         shape = (x.shape[2], x.shape[3])
         out = self._output_buffer(shape)
         plan = self._plan(shape)
         if len(plan) == 1:
             self._engine.infer(x, out)
-            return out[0, 0]
+            return out[0]
         for tile in plan:
             tin = self._input_buffer(tile.shape, "tile")
             tout = self._output_buffer(tile.shape, "tile")
             ys, xs = tile.y, tile.x
             np.copyto(tin, x[:, :, ys.start : ys.stop, xs.start : xs.stop])
             self._engine.infer(tin, tout)
-            out[0, 0, ys.core_start : ys.core_stop, xs.core_start : xs.core_stop] = tout[
+            out[0, :, ys.core_start : ys.core_stop, xs.core_start : xs.core_stop] = tout[
                 0,
-                0,
+                :,
                 ys.core_start - ys.start : ys.core_stop - ys.start,
                 xs.core_start - xs.start : xs.core_stop - xs.start,
             ]
-        return out[0, 0]
+        return out[0]
 
     def denoise_normalized(self, frames: np.ndarray) -> np.ndarray:
         """The network alone: (N, H, W) z-scored float32 frames -> (H, W) float32 in the center frame's z-units."""
         arr = self._validate_window(frames)
         buf = self._input_buffer((arr.shape[1], arr.shape[2]))
         np.copyto(buf[0], arr, casting="same_kind")
-        return self._run(buf).copy()
+        return self._run(buf)[0].copy()
 
-    def denoise_window(self, window: np.ndarray) -> np.ndarray:
-        """Denoise the center frame of an (N, H, W) window in the detector's dtype; (H, W) float32, input units."""
+    @overload
+    def denoise_window(self, window: np.ndarray, *, uncertainty: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def denoise_window(self, window: np.ndarray, *, uncertainty: Literal[True]) -> Denoised: ...
+
+    @overload
+    def denoise_window(self, window: np.ndarray, *, uncertainty: bool) -> np.ndarray | Denoised: ...
+
+    def denoise_window(self, window: np.ndarray, *, uncertainty: bool = False) -> np.ndarray | Denoised:
+        """Denoise the center frame of an (N, H, W) window in the detector's dtype; (H, W) float32, input units
+        (the denoiser's :attr:`estimate`). ``uncertainty=True``: a :class:`~emlive.export.estimates.Denoised`
+        (the frame and its std; needs a ``head=gaussian`` model)."""
         arr = self._validate_window(window)
         buf = self._input_buffer((arr.shape[1], arr.shape[2]))
         center = (0.0, 1.0)
@@ -545,19 +589,84 @@ class Denoiser:
             self._normalize_into(arr[i], *stats, buf[0, i])
             if i == self.frames // 2:
                 center = stats
-        return self._denormalize(self._run(buf), *center)
+        raw = arr[self.frames // 2]
+        return self._output(self._run(buf), *center, lambda: raw.astype(np.float32), self.estimate, uncertainty)
 
-    def stream(self, shape: tuple[int, int], dtype: Any = None, *, what: str = "frame") -> FrameStream:
+    def _output(
+        self,
+        z: np.ndarray,
+        mean: float,
+        std: float,
+        observed: Callable[[], np.ndarray],
+        estimate: Estimate,
+        uncertainty: bool,
+    ) -> np.ndarray | Denoised:
+        """The frame (or, ``uncertainty``, the :class:`Denoised`) from the network's (C, H, W) output in the
+        center frame's z-units: the one place of every window, offline and live (:mod:`emlive.export.estimates`).
+        ``observed()``: the raw center frame as float32. The blind estimate without uncertainty is one
+        denormalisation, as for every plain model."""
+        if estimate is Estimate.blind and not uncertainty:
+            return self._denormalize(z[0], mean, std)
+        needs_variance_head(self.card, self.source)
+        found = estimate_frame(z, mean, std, observed, estimate, self.noise, "the center frame of the window")
+        return found if uncertainty else found.mean
+
+    def stream(
+        self,
+        shape: tuple[int, int],
+        dtype: Any = None,
+        *,
+        what: str = "frame",
+        estimate: Estimate | str | None = None,
+    ) -> FrameStream:
         """A :class:`FrameStream` for frames of ``shape`` (and of ``dtype`` only, when given): push each frame once,
-        denoise windows of its frames. ``what`` names the frames in errors (``"movie frame"`` -> "movie frame 7")."""
-        return FrameStream(self, shape, dtype, what=what)
+        denoise windows of its frames. ``what`` names the frames in errors (``"movie frame"`` -> "movie frame 7");
+        ``estimate`` overrides the denoiser's (checked the same way)."""
+        return FrameStream(self, shape, dtype, what=what, estimate=estimate)
+
+    def check_estimate(self, estimate: Estimate | str | None) -> Estimate:
+        """The denoiser's estimate, or ``estimate`` checked against this model (ConfigError naming the fix)."""
+        if estimate is None:
+            return self.estimate
+        return choose_estimate(estimate, self.card, self.noise, self.source)
 
     @staticmethod
     def _denormalize(z: np.ndarray, mean: float, std: float) -> np.ndarray:
         return denormalize(z, mean, std, "the center frame of the window")
 
-    def denoise_movie(self, movie: Any, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Denoise frames ``start``..``stop - 1`` of a (T, H, W) movie, yielding ``(t, frame)`` in order.
+    @overload
+    def denoise_movie(
+        self,
+        movie: Any,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        uncertainty: Literal[False] = False,
+        estimate: Estimate | str | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    @overload
+    def denoise_movie(
+        self,
+        movie: Any,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        uncertainty: Literal[True],
+        estimate: Estimate | str | None = None,
+    ) -> Iterator[tuple[int, Denoised]]: ...
+
+    def denoise_movie(
+        self,
+        movie: Any,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        uncertainty: bool = False,
+        estimate: Estimate | str | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]] | Iterator[tuple[int, Denoised]]:
+        """Denoise frames ``start``..``stop - 1`` of a (T, H, W) movie, yielding ``(t, frame)`` in order
+        (``uncertainty=True``: ``(t, Denoised)``, the frame and its std; ``estimate`` overrides the denoiser's).
 
         ``movie``: anything with ``len()`` (or ``.shape``) and ``.frame(t)`` or ``[t]`` (a NumPy array, an
         :class:`emlive.core.readers.Movie`, a memory map). Windows come from
@@ -573,7 +682,10 @@ class Denoiser:
                 f"frames start={start}, stop={stop} of a movie of T={length} frames: need 0 <= start < stop <= T"
             )
         read: Callable[[int], Any] = movie.frame if callable(getattr(movie, "frame", None)) else movie.__getitem__
-        return self._movie_iter(read, length, start, stop)
+        chosen = self.check_estimate(estimate)
+        if uncertainty:
+            needs_variance_head(self.card, self.source)
+        return self._movie_iter(read, length, start, stop, chosen, uncertainty)
 
     @staticmethod
     def _movie_length(movie: Any) -> int:
@@ -589,8 +701,8 @@ class Denoiser:
         )
 
     def _movie_iter(
-        self, read: Callable[[int], Any], length: int, start: int, stop: int
-    ) -> Iterator[tuple[int, np.ndarray]]:
+        self, read: Callable[[int], Any], length: int, start: int, stop: int, estimate: Estimate, uncertainty: bool
+    ) -> Iterator[tuple[int, Any]]:
         n = self.frames
         stream: FrameStream | None = None
         shape: tuple[int, int] | None = None
@@ -600,11 +712,11 @@ class Denoiser:
             for idx in sorted(i for i in needed if stream is None or not stream.holds(i)):  # in file order
                 arr = self._read_movie_frame(read, idx, shape)
                 shape = (arr.shape[0], arr.shape[1])
-                if stream is None:
-                    stream = self.stream(shape, what="movie frame")  # each frame's type checked on its own
+                if stream is None:  # each frame's type checked on its own
+                    stream = self.stream(shape, what="movie frame", estimate=estimate)
                 stream.push(arr, idx)
             assert stream is not None
-            yield t, stream.denoise(indices)
+            yield t, stream.denoise(indices, uncertainty=uncertainty)
 
     def _read_movie_frame(self, read: Callable[[int], Any], idx: int, shape: tuple[int, int] | None) -> np.ndarray:
         """Frame ``idx`` of a movie as an (H, W) array of a supported dtype, the size of the others (``shape``)."""
@@ -652,7 +764,15 @@ class FrameStream:
     frame the ring no longer holds is refused, naming the frame. Like its :class:`Denoiser`, not thread-safe.
     """
 
-    def __init__(self, denoiser: Denoiser, shape: tuple[int, int], dtype: Any = None, *, what: str = "frame") -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        shape: tuple[int, int],
+        dtype: Any = None,
+        *,
+        what: str = "frame",
+        estimate: Estimate | str | None = None,
+    ) -> None:
         h, w = int(shape[0]), int(shape[1])
         if h < 1 or w < 1:
             raise InputDataError(f"stream of {h}x{w} frames: frames must be at least 1 x 1 pixels")
@@ -667,6 +787,9 @@ class FrameStream:
         self._scratch: np.ndarray | None = None
         self._held: list[int | None] = [None] * (2 * n - 1)
         self._stats: list[tuple[float, float]] = [(0.0, 1.0)] * n
+        self.estimate = denoiser.check_estimate(estimate)
+        # the posterior needs each center frame's raw values: a float32 copy of each pushed frame (posterior only)
+        self._raw = np.zeros((n, h, w), dtype=np.float32) if self.estimate is Estimate.posterior else None
         self._next = 0
         self.normalised = 0  # frames normalised so far (each pushed frame once)
 
@@ -705,15 +828,27 @@ class FrameStream:
         if slot + self.frames < len(self._held):
             self._held[slot + self.frames] = None  # its copy plane held an older frame of this residue
         normalize_into(arr, stats[0], stats[1], self._ring[0, slot])
+        if self._raw is not None:
+            np.copyto(self._raw[slot], arr, casting="unsafe")  # = arr.astype(float32), as denoise_window reads it
         self._held[slot] = idx
         self._stats[slot] = stats
         self._next = idx + 1
         self.normalised += 1
         return idx
 
-    def denoise(self, indices: Sequence[int | None]) -> np.ndarray:
+    @overload
+    def denoise(self, indices: Sequence[int | None], *, uncertainty: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def denoise(self, indices: Sequence[int | None], *, uncertainty: Literal[True]) -> Denoised: ...
+
+    @overload
+    def denoise(self, indices: Sequence[int | None], *, uncertainty: bool) -> np.ndarray | Denoised: ...
+
+    def denoise(self, indices: Sequence[int | None], *, uncertainty: bool = False) -> np.ndarray | Denoised:
         """Denoise the center frame of the window of frames ``indices`` (network order; ``None``: an empty slot)
-        from the ring: (H, W) float32 in the center frame's units, a new array."""
+        from the ring: (H, W) float32 in the center frame's units, a new array (``uncertainty=True``: a
+        :class:`~emlive.export.estimates.Denoised`, the frame and its std)."""
         n = self.frames
         if len(indices) != n or indices[n // 2] is None:
             raise InputDataError(
@@ -729,7 +864,14 @@ class FrameStream:
         center = indices[n // 2]
         assert center is not None
         mean, std = self._stats[center % n]
-        return self._den._denormalize(self._den._run(self._input(indices)), mean, std)
+        z = self._den._run(self._input(indices))
+        return self._den._output(z, mean, std, lambda: self._observed(center), self.estimate, uncertainty)
+
+    def _observed(self, index: int) -> np.ndarray:
+        """The raw frame ``index`` as float32 (kept for the posterior only)."""
+        if self._raw is None:
+            raise RuntimeError("the raw frames are kept for the posterior estimate only")  # unreachable
+        return self._raw[index % self.frames]
 
     def _input(self, indices: Sequence[int | None]) -> np.ndarray:
         """The (1, N, H, W) normalised window: a view of the ring when its frames are consecutive, else gathered."""

@@ -49,10 +49,9 @@ from emlive.export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
     ParityResult,
-    compare,
+    compare_channels,
     parity_inputs,
     raise_on_failure,
-    relative_bound,
 )
 
 log = logging.getLogger(__name__)
@@ -302,13 +301,12 @@ def check_engine_parity(
 ) -> list[ParityResult]:
     """TensorRT against the PyTorch network on the export's parity inputs (same bound as the ONNX check)."""
     results = []
-    rel = relative_bound(fp16)
     for name, x in parity_inputs(card.frames):
-        got = np.empty((1, 1, *x.shape[-2:]), dtype=np.float32)
+        got = np.empty((1, card.network.out_channels, *x.shape[-2:]), dtype=np.float32)  # 2 for head=gaussian
         engine.infer(np.ascontiguousarray(x), got)
         with torch.inference_mode():
             ref = net.float().cpu().eval()(torch.from_numpy(x)).numpy()
-        results.append(compare(name, got, ref, rel))
+        results.extend(compare_channels(name, got, ref, fp16))
     raise_on_failure(results, source, "TensorRT", fp16)
     return results
 

@@ -90,6 +90,18 @@ def register(app: typer.Typer) -> None:
             False, "--record-fsync", help="Force every recorded frame to disk (survives a power cut; slower)."
         ),
         publish_raw: bool = typer.Option(False, "--publish-raw", help="Publish the raw frame beside each output."),
+        uncertainty: bool = typer.Option(
+            False,
+            "--uncertainty",
+            help="Also publish each output's std map (kind uncertainty, float32, the input's units); models "
+            "trained with network.head=gaussian.",
+        ),
+        estimate: str | None = typer.Option(
+            None,
+            "--estimate",
+            help="Models trained with network.head=gaussian: posterior (the default when the card has a noise model: "
+            "the re-opened blind spot) or blind.",
+        ),
         bind_any: bool = typer.Option(
             False, "--bind-any", help="Allow binding to non-loopback addresses (use CURVE keys on open networks)."
         ),
@@ -157,6 +169,8 @@ def register(app: typer.Typer) -> None:
             record_what=record_what,
             record_fsync=record_fsync,
             publish_raw=publish_raw,
+            uncertainty=uncertainty,
+            estimate=estimate,
             bind_any=bind_any,
             backend=backend,
             threads=threads,

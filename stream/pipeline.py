@@ -4,10 +4,12 @@ One job: turn received messages into published frames. Each message is decoded a
 refused one is reported and dropped), raw frames are recorded, the rolling window
 (:class:`~emlive.stream.window.WindowAssembler`) turns frames into window jobs, the model slot's current model
 denoises them (each frame pushed once into the model's float32 ring, :class:`~emlive.stream.window.ModelWindows`)
-and each denoised frame (with ``publish_raw`` the raw one first) goes out on the output XPUB socket and to the
-recorder. ``start``/``end`` messages are forwarded. *Live* mode denoises only the newest complete window of a
-batch (plus the tail of a run that just ended, :func:`~emlive.stream.window.live_selection`), *lossless* mode
-every one. The pipeline also counts the output's subscriptions (:class:`Subscriptions`; it owns that socket).
+and each denoised frame (with ``publish_raw`` the raw one first; with ``uncertainty`` its std map after it, a
+frame message of kind ``uncertainty``, see :meth:`Pipeline._uncertainty_header`) goes out on the output XPUB
+socket and to the recorder. ``start``/``end`` messages are forwarded. *Live* mode denoises only the newest
+complete window of a batch (plus the tail of a run that just ended, :func:`~emlive.stream.window.live_selection`),
+*lossless* mode every one. The pipeline also counts the output's subscriptions (:class:`Subscriptions`; it owns
+that socket).
 
 Per frame the hot path does no logging, builds one header dict and encodes it once.
 """
@@ -115,8 +117,10 @@ class Pipeline:
         input_errors: ErrorLog,
         decoder: Any = None,
         recorder: Recorder | None = None,
+        uncertainty: bool = False,
     ) -> None:
         self.slot, self.telemetry = slot, telemetry
+        self._uncertainty = uncertainty  # publish the std map of each output (models with a variance head)
         self.lossless, self._publish_raw, self._max_frame_bytes = lossless, publish_raw, max_frame_bytes
         self.input_errors, self._decoder, self.recorder = input_errors, decoder, recorder
         self.assembler: WindowAssembler | None = None
@@ -331,10 +335,15 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         t1 = t0
+        std: np.ndarray | None = None
+        want = self._uncertainty and getattr(denoiser, "channels", 1) > 1
         try:
-            denoise = self._windows.feed(denoiser, job)
+            denoise = self._windows.feed(denoiser, job, uncertainty=want)
             t1 = time.perf_counter()
-            out = _checked(denoise(), job.center.data.shape)
+            found = denoise()
+            if want:  # a Denoised (emlive.export.estimates): the frame and its std
+                found, std = found.mean, _checked(found.std, job.center.data.shape)
+            out = _checked(found, job.center.data.shape)
         except EmliveError as exc:
             self.telemetry.count("infer_errors")
             center = job.center.header
@@ -343,14 +352,17 @@ class Pipeline:
                 center.acquisition, center.index, exc,
             )  # fmt: skip
             return
-        self._publish(job, out, t0, t1, time.perf_counter())
+        self._publish(job, out, t0, t1, time.perf_counter(), std)
 
     def publish_result(self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float) -> None:
         """Publish a frame denoised elsewhere (the fan-out's workers), in order: the same path as a local job."""
         self._publish(job, out, t0, t1, t2)
 
-    def _publish(self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float) -> None:
-        """Send the denoised frame (the raw one first, with ``publish_raw``), record it, time it."""
+    def _publish(
+        self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float, std: np.ndarray | None = None
+    ) -> None:
+        """Send the denoised frame (the raw one first, with ``publish_raw``; its ``std`` map after it, when given),
+        record it, time it."""
         out, fields = _wire_ready(out)
         self._seq += 1
         center = job.center
@@ -361,6 +373,8 @@ class Pipeline:
         wall = time.time()
         times = (round((now - job.completed) * 1e3, 3), round((now - center.received) * 1e3, 3), round(wall, 6))
         self._send_frame(self._denoised_header(job, common, fields, times), out)
+        if std is not None:
+            self._send_frame(self._uncertainty_header(job, common, times), np.ascontiguousarray(std, np.float32))
         t3 = time.perf_counter()
         self.telemetry.job(
             window_s=t1 - t0,
@@ -407,6 +421,18 @@ class Pipeline:
         if template is None:
             return json_bytes(self._header(job, common, fields, times))
         return template.encode((h.timestamp, h.index, *common, *times))
+
+    def _uncertainty_header(self, job: WindowJob, common: tuple[Any, ...], times: tuple[Any, ...]) -> bytes:
+        """The header of a denoised frame's std map: the denoised frame's (same acquisition, index, window, times),
+        ``kind: "uncertainty"``, float32, and what the values are: ``units`` (the input's, detector counts),
+        ``quantity`` (posterior_std, or prior_std for the blind estimate) and ``estimate`` (of the denoised frame)."""
+        header = self._header(job, common, ("float32", "<"), times)
+        estimate = str(getattr(self.slot.denoiser, "estimate", "posterior"))
+        header["kind"] = "uncertainty"
+        header["units"] = "counts (the input's units): one standard deviation of the denoised value"
+        header["quantity"] = "posterior_std" if estimate == "posterior" else "prior_std"
+        header["estimate"] = estimate
+        return json_bytes(header)
 
     def _header_base(self, header: Header) -> dict[str, Any]:
         """``{**header.to_dict(), **out_extra}``: for a frame without extra keys, a copy of the last one made, with

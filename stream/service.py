@@ -75,6 +75,7 @@ from typing import Any
 import zmq
 
 from emlive.core.errors import ConfigError, EmliveError
+from emlive.core.posterior import Estimate
 from emlive.core.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_HEADER_BYTES,
@@ -130,6 +131,8 @@ class ServiceConfig:
     record_what: RecordWhat = RecordWhat.raw
     record_fsync: bool = False
     publish_raw: bool = False
+    uncertainty: bool = False  # publish each output's std map (kind "uncertainty"; models with network.head=gaussian)
+    estimate: str | None = None  # blind or posterior for models with network.head=gaussian (None: the model's default)
     bind_any: bool = False
     backend: str = "auto"
     threads: int | None = None
@@ -185,6 +188,23 @@ class ServiceConfig:
             raise ConfigError(f"drain time {self.drain_s} s: must be between 0 and 60 s")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers={self.workers}: use 1 (in the service) to {MAX_WORKERS} worker processes")
+        if self.estimate is not None:
+            try:
+                self.estimate = Estimate(str(self.estimate).lower()).value
+            except ValueError:
+                raise ConfigError(
+                    f"estimate {self.estimate!r}: use one of {', '.join(e.value for e in Estimate)}"
+                ) from None
+            if self.workers > 1:
+                raise ConfigError(
+                    f"--estimate {self.estimate} with --workers {self.workers}: the worker processes use the model's "
+                    "default estimate; serve with --workers 1, or drop --estimate"
+                )
+        if self.uncertainty and self.workers > 1:
+            raise ConfigError(
+                f"--uncertainty with --workers {self.workers}: the worker processes publish the denoised frames only; "
+                "serve with --workers 1 to publish the uncertainty map"
+            )
         if self.workers > 1 and self.model is None:
             raise ConfigError(f"--workers {self.workers} needs --model PATH: each worker loads the model from its file")
         if self.threads is not None and self.threads < 1:
@@ -200,11 +220,15 @@ class ServiceConfig:
             raise ConfigError("input address is empty; give the detector's address, e.g. tcp://127.0.0.1:5555")
 
 
-def load_denoiser(path: Path, backend: str = "auto", threads: int | None = None, tile: int | None = None) -> Any:
-    """Load a model with the inference runtime (:class:`emlive.export.runtime.Denoiser`)."""
+def load_denoiser(
+    path: Path, backend: str = "auto", threads: int | None = None, tile: int | None = None, estimate: str | None = None
+) -> Any:
+    """Load a model with the inference runtime (:class:`emlive.export.runtime.Denoiser`); ``estimate``: blind or
+    posterior for a ``network.head=gaussian`` model (None: its default, :mod:`emlive.export.estimates`)."""
     from emlive.export.runtime import Denoiser
 
-    return Denoiser.load(path, backend, threads=threads, tile=tile, spin=False)  # frames come paced: no spin-wait
+    # frames come paced: no spin-wait
+    return Denoiser.load(path, backend, threads=threads, tile=tile, spin=False, estimate=estimate)
 
 
 class DenoiseService:
@@ -244,7 +268,8 @@ class DenoiseService:
     def _make_parts(self, loader: Loader | None, denoiser: DenoiserLike | None) -> None:
         cfg = self.config
         self.slot = ModelSlot(
-            loader or (lambda p: load_denoiser(p, cfg.backend, threads=cfg.threads, tile=cfg.tile)),
+            loader
+            or (lambda p: load_denoiser(p, cfg.backend, threads=cfg.threads, tile=cfg.tile, estimate=cfg.estimate)),
             self.budget,
             self.telemetry,
         )
@@ -256,6 +281,7 @@ class DenoiseService:
             self.telemetry,
             lossless=cfg.lossless,
             publish_raw=cfg.publish_raw,
+            uncertainty=cfg.uncertainty,
             max_frame_bytes=self.max_frame_bytes,
             input_errors=ErrorLog(logger, "rejected message"),
             decoder=self._decoder(),
@@ -327,6 +353,12 @@ class DenoiseService:
             self.slot.load_now(cfg.model)
         if self.slot.denoiser is None:
             raise ConfigError("no model to serve; pass --model PATH")
+        if cfg.uncertainty and getattr(self.slot.denoiser, "channels", 1) < 2:
+            raise ConfigError(
+                f"--uncertainty: model {model_info(self.slot.denoiser, cfg.model)['name']} has no variance head, so "
+                "there is no uncertainty map to publish; serve a model trained with network.head=gaussian "
+                "(optim.loss=gaussian_nll), or drop --uncertainty"
+            )
 
     def _start_fanout(self, model: Path) -> None:
         """``workers`` > 1: start the worker processes (each loads ``model``); the pipeline hands them its jobs."""

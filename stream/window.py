@@ -244,7 +244,7 @@ class FrameStreamLike(Protocol):
 
     def push(self, frame: np.ndarray, index: int | None = None) -> int: ...
 
-    def denoise(self, indices: Sequence[int | None]) -> np.ndarray: ...
+    def denoise(self, indices: Sequence[int | None], *, uncertainty: bool = False) -> Any: ...
 
 
 class ModelWindows:
@@ -266,17 +266,22 @@ class ModelWindows:
         self._model: Any = None
         self._model_streams = False
 
-    def feed(self, model: Any, job: WindowJob) -> Callable[[], np.ndarray]:
+    def feed(self, model: Any, job: WindowJob, *, uncertainty: bool = False) -> Callable[[], Any]:
         """Make the job's window ready for ``model`` (push its new frames, or stack it); returns the call that
-        denoises it: an (H, W) array the caller owns."""
+        denoises it: an (H, W) array the caller owns (``uncertainty``: the runtime's ``Denoised``, the frame and
+        its std map, :mod:`emlive.export.estimates`)."""
         if not self._streams(model):
             window = self._buffer.window(job)
+            if uncertainty:
+                return lambda: model.denoise_window(window, uncertainty=True)  # (new arrays: the runtime's)
             return lambda: self._owned(np.asarray(model.denoise_window(window)))
         stream = self._stream_for(model, job)
         for rec in job.frames:
             if rec is not None and not stream.holds(rec.index):
                 stream.push(rec.data, rec.index)
         indices = job.indices
+        if uncertainty:
+            return lambda: stream.denoise(indices, uncertainty=True)
         return lambda: stream.denoise(indices)
 
     def _streams(self, model: Any) -> bool:

@@ -3,7 +3,7 @@
 A real virtualenv is built without torch (:func:`emlive.bench.light_install.light_venv`: ``python -m venv``, the
 base dependencies of pyproject.toml from the package index, this checkout's wheel with ``--no-deps``); the ONNX
 model is exported here, in the full environment. Where the time goes: building the venv the first time, about 1-3
-minutes (pip unpacking scipy and onnxruntime; kept under build/light-venv/ for reruns); then building
+minutes (pip unpacking onnxruntime and numpy; kept under build/light-venv/ for reruns); then building
 and installing the wheel (about 10 s) and each emlive process (1-2 s).
 """
 
@@ -30,11 +30,12 @@ from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.processes import ChildProcesses
 from emlive.core.protocol import decode
 from emlive.core.readers import DM_EXTRA_HINT, open_movie
+from emlive.core.simulate import load_simulation_config, simulate_movie
 from emlive.core.writers import write_movie
 from emlive.export.onnx_export import export_onnx, read_onnx_card
 from emlive.export.onnxmeta import card_from_onnx_bytes
 
-TRAINING_STACK = ("torch", "lightning", "onnx", "tensorboard")
+TRAINING_STACK = ("torch", "lightning", "onnx", "tensorboard", "scipy")  # scipy: the train extra since issue 16
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_serving_an_onnx_model_imports_no_training_stack(model: dict[str, Path])
         "from emlive.export.runtime import Denoiser\n"
         f"d = Denoiser.load({str(model['onnx'])!r}, backend='auto', threads=1)\n"
         "d.denoise_window(np.ones((5, 24, 24), np.float32))\n"
-        "print([m for m in ('torch', 'lightning', 'onnx', 'matplotlib', 'tensorboard') if m in sys.modules])\n"
+        "print([m for m in ('torch', 'lightning', 'onnx', 'matplotlib', 'tensorboard', 'scipy') if m in sys.modules])\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -144,6 +145,7 @@ def test_light_commands_that_need_torch_say_what_to_install(
     hint = "this needs the training stack: pip install 'emlive[train]'"
     for args in (
         ["train", "--config", "synthetic-small", str(movie)],
+        ["noise-stats", str(movie)],  # scipy (registration, smoothing) comes with the train extra
         ["export", str(model["pt"]), "-o", str(tmp_path / "x.onnx")],
         ["denoise", str(movie), "-m", str(model["pt"]), "-o", str(tmp_path / "x.tif")],
     ):
@@ -156,6 +158,21 @@ def test_light_commands_that_need_torch_say_what_to_install(
     done = _emlive(light_python, args, tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert DM_EXTRA_HINT in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_light_simulate_needs_no_scipy(light_python: Path, tmp_path: Path) -> None:
+    """The simulator's Fourier shift and charge-sharing filter are numpy (emlive.core.filters): the light install
+    writes the same movie as the full one."""
+    args = ["simulate", "-o", str(tmp_path), "--frames", "3", "--height", "32", "--width", "48", "--particles", "2",
+            "--drift", "0.7", "--correlated", "isotropic", "--seed", "5"]  # fmt: skip
+    done = _emlive(light_python, args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = load_simulation_config(tmp_path / "manifest.json")
+    noisy, clean = simulate_movie(config)
+    with open_movie(tmp_path / "noisy.tif") as light_noisy, open_movie(tmp_path / "clean.tif") as light_clean:
+        np.testing.assert_array_equal(np.asarray(light_noisy[:]), noisy)
+        np.testing.assert_array_equal(np.asarray(light_clean[:]), clean)
 
 
 @pytest.fixture

@@ -20,13 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, NoiseModel, Target, TrainingSummary, load_checkpoint, save_model
+from emlive.core.modelcard import ModelCard, Target, TrainingSummary, load_checkpoint, save_model
+from emlive.core.network import Head
 from emlive.core.readers import Movie
 from emlive.train.config import Accelerator, DistillConfig, Strategy, TrainConfig, TrainTargets, resolve_precision
 from emlive.train.curves import CurveRecorder
 from emlive.train.data import CleanWindows, MovieSource, WindowCrops, open_clean_twins, open_sources
 from emlive.train.estimate import estimate_config
 from emlive.train.module import DenoiserModule
+from emlive.train.noise import training_noise
 from emlive.train.patches import patches_ready, prepare_patches
 
 log = logging.getLogger(__name__)
@@ -171,13 +173,6 @@ def movie_summary(sources: list[MovieSource]) -> list[dict[str, Any]]:
     ]
 
 
-def _noise_model(source: MovieSource, cfg: TrainConfig) -> NoiseModel | None:
-    """The first training movie's noise model for the card; warns when the blind spot is smaller than it needs."""
-    from emlive.analysis.noise_stats import noise_model_for_training
-
-    return noise_model_for_training(source.movie, cfg.network.blind_spot, (source.first, source.last), source.bin)
-
-
 def _movie_bytes(source: MovieSource) -> int:
     _, h, w = source.movie.shape
     return (source.last - source.first) * h * w * source.movie.dtype.itemsize
@@ -229,8 +224,11 @@ def clean_twins(cfg: TrainConfig, sources: list[MovieSource]) -> list[Movie] | N
     return open_clean_twins(cfg.data.clean, sources)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are."""
+def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train a blind-spot denoiser on the noisy movies of ``cfg.data``; returns where the results are.
+
+    ``callbacks``: Lightning callbacks added to the trainer's own (a progress display; one that sets
+    ``trainer.should_stop`` ends the run cleanly, with its checkpoints and model.pt written)."""
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
     rank = launch_rank(cfg.optim.devices)
     _quiet_unless_rank_zero(rank)
@@ -251,20 +249,29 @@ def train(cfg: TrainConfig) -> TrainResult:
     n_frames_total = sum(s.last - s.first for s in train_sources)
     per_epoch = n_frames_total * cfg.optim.recursive_factor
     estimate_config(cfg, accelerator, n_frames_total, movie_bytes=sum(_movie_bytes(s) for s in train_sources))
+    stats = cfg.network.head is Head.gaussian  # the Gaussian NLL needs each crop's frame statistics
     train_set = WindowCrops(
-        train_sources, n, size, per_epoch, cfg.augment, seed=cfg.optim.seed, clean=clean_twins(cfg, train_sources)
+        train_sources,
+        n,
+        size,
+        per_epoch,
+        cfg.augment,
+        seed=cfg.optim.seed,
+        clean=clean_twins(cfg, train_sources),
+        stats=stats,
     )
     val_clean = clean_twins(cfg, val_sources)
     loaders = val_loaders(
         cfg,
         val_sources,
         lambda count: WindowCrops(
-            val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True, clean=val_clean
+            val_sources, n, data.val_crop_size, count, None, seed=999, fixed=True, clean=val_clean, stats=stats
         ),
     )
     oracle = cfg.targets is TrainTargets.clean
     objective = f"{cfg.optim.loss.value} to the clean frames (oracle)" if oracle else cfg.optim.loss.value
-    card = training_card(cfg, train_sources, objective, noise=_noise_model(train_sources[0], cfg))
+    noise, pixel_noise = training_noise(cfg, train_sources[0])
+    card = training_card(cfg, train_sources, objective, noise=noise)
     if oracle:
         log.info(
             "%s is a supervised ORACLE (targets=clean): the blind network learns the clean frames of %s, the bound "
@@ -284,7 +291,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         accelerator,
         _precision(cfg, accelerator),
     )
-    return fit(cfg, DenoiserModule(cfg, card), train_set, loaders, run_dir, accelerator)
+    return fit(cfg, DenoiserModule(cfg, card, pixel_noise), train_set, loaders, run_dir, accelerator, callbacks)
 
 
 def log_processes(cfg: TrainConfig | DistillConfig, accelerator: str) -> None:
@@ -334,6 +341,7 @@ def fit(
     loaders: list[DataLoader[Any]],
     run_dir: Path,
     accelerator: str,
+    callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Run Lightning on ``module`` (progress bar, checkpoints, TensorBoard); write model.pt and model_card.json."""
     train_loader = DataLoader(
@@ -372,6 +380,7 @@ def fit(
             TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
             LearningRateMonitor(logging_interval="step"),
             CurveRecorder(run_dir, cfg.name, log_every, resume=cfg.resume is not None),  # curves.json and .png
+            *(callbacks or []),  # the caller's own (the napari Train widget: live loss, cancel)
         ],
         log_every_n_steps=log_every,
         num_sanity_val_steps=0,
@@ -392,6 +401,9 @@ def fit(
     card.training.final_train_loss = metrics.get("train/loss_epoch")
     card.training.best_val_loss = float(best_score) if best_score is not None and math.isfinite(best_score) else None
     card.training.val_psnr = metrics.get("val/psnr")
+    for key in ("psnr_posterior", "gain_db", "predicted_gain_db", "calibration", "noise_check"):  # gaussian head
+        if f"val/{key}" in metrics:
+            setattr(card.training, f"val_{key}", metrics[f"val/{key}"])
     card.training.seconds = round(clock.seconds, 1)  # resumes included
     model_path = run_dir / "model.pt"
     if trainer.is_global_zero:  # the checkpoints are rank 0's too (Lightning saves on rank 0 only)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from emlive.core.ensemble import Ensemble
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import Target
-from emlive.core.network import NetworkConfig
+from emlive.core.network import Head, NetworkConfig
 from emlive.core.student import StudentConfig
 
 TRAIN_SCHEMA_VERSION = 1
@@ -32,6 +32,7 @@ class Loss(str, Enum):
     l1 = "l1"
     smooth_l1 = "smooth_l1"
     charbonnier = "charbonnier"
+    gaussian_nll = "gaussian_nll"  # network.head=gaussian: the noisy pixel under N(mu, prior var + noise var)
 
 
 class TrainTargets(str, Enum):
@@ -104,6 +105,39 @@ class PatchConfig(_Strict):
     ] = None
 
 
+class NoiseConfig(_Strict):
+    """The detector's noise, given (a calibrated detector) instead of measured on the training data: what
+    ``network.head=gaussian`` trains and infers with. Values of the raw (unbinned, gain-corrected) pixels, the
+    units of ``emlive noise-stats``; training scales them to the binned pixels the network sees."""
+
+    gain: Annotated[float, Field(gt=0, le=1e5, description="Counts per electron (1 for a counting detector).")]
+    offset: Annotated[float, Field(ge=-1e5, le=1e5, description="Counts of a pixel with no electrons.")] = 0.0
+    read_noise: Annotated[float, Field(ge=0, le=1e5, description="Read noise, counts (std).")] = 0.0
+    kernel: list[list[float]] | None = Field(
+        None,
+        description="Normalised noise correlation, centred, odd-sized (the `kernel` emlive noise-stats prints); "
+        "none: independent pixels.",
+    )
+    correlated: bool | None = Field(
+        None, description="Whether pixels share noise (charge sharing); default: from the kernel."
+    )
+
+    @model_validator(mode="after")
+    def _kernel_shape(self) -> NoiseConfig:
+        k = self.kernel
+        if k is not None:
+            rows = {len(r) for r in k}
+            if len(rows) != 1 or len(k) % 2 == 0 or next(iter(rows)) % 2 == 0:
+                raise ValueError(
+                    f"kernel with rows of lengths {[len(r) for r in k]}: must be an odd-sized square or rectangle "
+                    "centred on the pixel (e.g. the 5x5 `kernel` of emlive noise-stats)"
+                )
+            centre = k[len(k) // 2][len(k[0]) // 2]
+            if abs(centre - 1.0) > 1e-3:
+                raise ValueError(f"kernel centre {centre}: a normalised correlation is 1 at the centre")
+        return self
+
+
 class DataConfig(_Strict):
     train: Path = Field(..., description="Training movie: a file or a folder (training_path).")
     val: Path | None = Field(None, description="Validation movie; default: the last val_fraction of frames.")
@@ -114,6 +148,10 @@ class DataConfig(_Strict):
     val_crop_size: Annotated[int, Field(ge=16, le=4096)] = 256
     bin: Annotated[int, Field(ge=1, le=8, description="Integer binning of frames (downscale without resize).")] = 1
     patches: PatchConfig = Field(default_factory=PatchConfig)
+    noise: NoiseConfig | None = Field(
+        None,
+        description="The detector's noise model for network.head=gaussian; default: measured on the training data.",
+    )
 
 
 class AugmentConfig(_Strict):
@@ -238,7 +276,27 @@ class TrainConfig(_Strict):
             raise ValueError(f"version={self.version}: this emlive reads config version {TRAIN_SCHEMA_VERSION}")
         if self.targets is TrainTargets.clean:
             _check_oracle_data(self.data)
+        _check_head_and_loss(self.network.head, self.optim.loss, self.targets)
         return self
+
+
+def _check_head_and_loss(head: Head, loss: Loss, targets: TrainTargets) -> None:
+    """The Gaussian head is trained by the Gaussian NLL and nothing else is: one needs the other."""
+    if head is Head.gaussian and loss is not Loss.gaussian_nll:
+        raise ValueError(
+            f"network.head=gaussian with optim.loss={loss.value}: the variance channel is learnt only by the "
+            "Gaussian negative log-likelihood; set optim.loss=gaussian_nll (or network.head=mean)"
+        )
+    if loss is Loss.gaussian_nll and head is not Head.gaussian:
+        raise ValueError(
+            f"optim.loss=gaussian_nll with network.head={head.value}: the loss needs the predicted prior variance; "
+            "set network.head=gaussian (or choose another loss, e.g. l2)"
+        )
+    if loss is Loss.gaussian_nll and targets is TrainTargets.clean:
+        raise ValueError(
+            "optim.loss=gaussian_nll with targets=clean: the NLL models the noise of a noisy target; train the "
+            "supervised oracle with network.head=mean and optim.loss=l2"
+        )
 
 
 def _check_oracle_data(data: DataConfig) -> None:
@@ -378,6 +436,11 @@ class DistillConfig(_Strict):
             raise ValueError(f"version={self.version}: this emlive reads distill version {DISTILL_SCHEMA_VERSION}")
         if self.targets is DistillTargets.clean:
             _check_oracle_data(self.data)
+        if self.optim.loss is Loss.gaussian_nll:
+            raise ValueError(
+                "optim.loss=gaussian_nll: a student has no variance head; distill with optim.loss=l2 (the teacher's "
+                "blind or posterior output is its target)"
+            )
         return self
 
 

@@ -136,8 +136,11 @@ def open_clean_twins(clean: Path, sources: list[MovieSource]) -> list[Movie]:
     return movies
 
 
-class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target).
+class WindowCrops(Dataset[tuple[torch.Tensor, ...]]):
+    """Random (or, for validation, fixed) crops of N-frame windows; item = (input window, noisy center target), and
+    with ``stats`` the center frame's normalisation (mean, std) as a third float32 tensor of 2 (what the Gaussian
+    NLL needs to know the noise variance of a z-scored pixel: it travels with the batch, through loader workers
+    and DDP alike).
 
     With ``clean`` (one clean twin per source: the supervised oracle, ``targets=clean``) the target is the clean
     crop of the same frame and place instead, z-scored with the noisy frame's statistics and flipped/rotated with
@@ -158,9 +161,11 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         fixed: bool = False,
         clean: list[Movie] | None = None,
+        stats: bool = False,
     ) -> None:
         self.sources = sources
         self.clean = clean
+        self.stats = stats
         self.n_frames = n_frames
         self.crop_size = crop_size
         self.length = length
@@ -198,7 +203,7 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         x = int(rng.integers(0, src.width - size + 1))
         return rng, src_i, t, y, x, size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         rng, src_i, t, y, x, size = self.locate(index)
         if self.record is not None:
             with self.record.open("a") as f:  # one short line per write: appends from loader workers stay whole
@@ -211,7 +216,10 @@ class WindowCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             target = src.normalized_crop(self.clean[src_i], t, y, x, (size, size))
         if self.augment is not None:
             window, target = self._augment(window, target, rng)
-        return torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))
+        item = torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))
+        if self.stats:
+            return (*item, frame_stats_tensor(src, t))
+        return item
 
     def _augment(
         self, window: np.ndarray, target: np.ndarray, rng: np.random.Generator
@@ -249,5 +257,9 @@ class CleanWindows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         src = self.inner.sources[src_i]
         window = src.window(t, y, x, size, self.inner.n_frames)
         clean = np.array(src.binned_crop(self.clean[src_i], t, y, x, (size, size)))  # owned: collated later
-        stats = torch.tensor([src.mean[t], src.std[t]], dtype=torch.float32)
-        return torch.from_numpy(window), torch.from_numpy(clean[None]), stats
+        return torch.from_numpy(window), torch.from_numpy(clean[None]), frame_stats_tensor(src, t)
+
+
+def frame_stats_tensor(source: MovieSource, t: int) -> torch.Tensor:
+    """(mean, std) of frame t of ``source``, the normalisation of its z-scores, as a float32 tensor of 2."""
+    return torch.tensor([source.mean[t], source.std[t]], dtype=torch.float32)

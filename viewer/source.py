@@ -3,8 +3,9 @@ raw/denoised frame pair.
 
 ``CONFLATE`` keeps one message per socket but breaks multipart messages, so the thread drains the SUB socket
 with ``NOBLOCK`` until it is empty (at most :data:`MAX_DRAIN` messages per round), pairs raw and denoised frames
-by (acquisition, index) and prepares only the newest pair (binning and statistics), which it hands to
-``on_pair``. A slow viewer therefore never holds up the service: the service's PUB drops what this SUB cannot take.
+by (acquisition, index) (:class:`emlive.core.framepairs.PairTracker`) and prepares only the newest pair (binning
+and statistics), which it hands to ``on_pair``. A slow viewer therefore never holds up the service: the
+service's PUB drops what this SUB cannot take.
 ZeroMQ reconnects by itself; staleness is judged by the time since the last frame.
 """
 
@@ -14,21 +15,18 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import zmq
 
-from emlive.core.protocol import ProtocolError, connect, decode, open_socket
-from emlive.viewer.render import FramePair, bin_factor, make_channel
+from emlive.core.framepairs import Pair, PairTracker
+from emlive.core.protocol import Message, ProtocolError, connect, decode, open_socket
+from emlive.viewer.render import Channel, FramePair, bin_factor, make_channel
 
 logger = logging.getLogger(__name__)
 
 MAX_DRAIN = 256
-_RAW_KEEP = 8
-_RAW_ONLY_AFTER_S = 1.0  # show raw frames alone when no denoised frame came for this long (a bare detector)
 
 
 class FrameSource:
@@ -54,8 +52,7 @@ class FrameSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._raw: OrderedDict[tuple[str, int], tuple[dict[str, Any], np.ndarray, float]] = OrderedDict()
-        self._last_denoised = 0.0
+        self._pairs = PairTracker()
         self.received = 0
         self.rejected = 0
         self.prepared = 0
@@ -122,9 +119,9 @@ class FrameSource:
                 if self._on_status is not None:
                     self._on_status(status)
 
-    def _drain_frames(self) -> tuple[Any, ...] | None:
+    def _drain_frames(self) -> Pair | None:
         """Read everything queued; returns the newest (raw, denoised) pair seen, unprepared, or None."""
-        newest: tuple[Any, ...] | None = None
+        newest: Pair | None = None
         for _ in range(MAX_DRAIN):
             try:
                 parts = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -144,36 +141,35 @@ class FrameSource:
                 continue
             self.received += 1
             self.last_frame_at = now
-            hdict = header.to_dict()
-            key = (header.acquisition, header.index)
-            if header.kind == "denoised":
-                self._last_denoised = now
-                raw = self._raw.pop(key, None)
-                newest = (key, header.timestamp, now, raw, (hdict, msg.data))
-            else:
-                self._raw[key] = (hdict, msg.data, now)
-                while len(self._raw) > _RAW_KEEP:
-                    self._raw.popitem(last=False)
-                if now - self._last_denoised > _RAW_ONLY_AFTER_S:
-                    newest = (key, header.timestamp, now, (hdict, msg.data, now), None)
+            newest = self._pairs.add(msg, now) or newest
         return newest
 
-    def _prepare(self, newest: tuple[Any, ...]) -> None:
-        (acq, index), timestamp, now, raw, den = newest
-        shape = (den[1] if den is not None else raw[1]).shape
-        factor = bin_factor((int(shape[0]), int(shape[1])), self.max_size)
+    def _prepare(self, newest: Pair) -> None:
+        raw, den = newest.raw, newest.denoised
+        first = den if den is not None else raw
+        assert first is not None and first.data is not None  # a Pair holds at least one frame
+        factor = bin_factor((int(first.data.shape[0]), int(first.data.shape[1])), self.max_size)
         try:
             pair = FramePair(
-                acquisition=acq,
-                index=index,
-                timestamp=timestamp,
+                acquisition=newest.acquisition,
+                index=newest.index,
+                timestamp=newest.timestamp,
                 factor=factor,
-                received_at=now,
-                raw=None if raw is None else make_channel("raw", raw[0], raw[1], factor),
-                denoised=None if den is None else make_channel("denoised", den[0], den[1], factor),
+                received_at=newest.received_at,
+                raw=_channel("raw", raw, factor),
+                denoised=_channel("denoised", den, factor),
             )
         except (ValueError, TypeError, MemoryError) as exc:
-            logger.warning("frame %d of %r could not be prepared for display: %s", index, acq, exc)
+            logger.warning(
+                "frame %d of %r could not be prepared for display: %s", newest.index, newest.acquisition, exc
+            )
             return
         self.prepared += 1
         self._on_pair(pair)
+
+
+def _channel(kind: str, msg: Message | None, factor: int) -> Channel | None:
+    """The display channel of a paired frame message (None when the pair has no such frame)."""
+    if msg is None or msg.data is None:
+        return None
+    return make_channel(kind, msg.header.to_dict(), msg.data, factor)

@@ -1,25 +1,31 @@
 """``emlive bench-quality`` with several labelled models in one table (a teacher, a student and a self-ensembled
-teacher) on one tiny held-out movie: rows, per-frame JSON, the picture, and the ``-m`` errors."""
+teacher) on one tiny held-out movie: rows, per-frame JSON, the picture, and the ``-m`` errors; and the dose/detector
+sweep: the detector modes, models per setting, a tiny sweep that trains its own models, and their cache."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from emlive.bench.dose_sweep import DetectorMode, Setting, SweepConfig, run_sweep, split_setting_specs
 from emlive.bench.model_specs import ModelSpec, parse_model_specs
-from emlive.bench.quality import QualityRow, run_quality_benchmark
+from emlive.bench.quality import QualityRow, generalized_anscombe, inverse_generalized_anscombe, run_quality_benchmark
 from emlive.cli import main
 from emlive.core.ensemble import Ensemble, ensemble_average
 from emlive.core.errors import ConfigError
 from emlive.core.metrics import psnr_paper
-from emlive.core.modelcard import ModelCard, save_model
+from emlive.core.modelcard import ModelCard, NoiseModel, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
-from emlive.core.simulate import SimulationConfig, simulate_movie
+from emlive.core.posterior import predicted_gain_db
+from emlive.core.simulate import SimulationConfig, detector_truth, simulate_movie
 from emlive.core.student import StudentConfig, StudentNet
 from emlive.core.windows import stack_window, window_indices
 from emlive.export.runtime import Denoiser
@@ -43,9 +49,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         teacher.head[-1].weight.mul_(100.0)
     student_cfg = StudentConfig(width=8, depth=2, unshuffle=2)
     student_card = ModelCard(name="tiny-s", network=student_cfg)
+    gauss_cfg = NetworkConfig(width=8, scales=2, blocks=1, head="gaussian")
+    gauss = BlindSpotNet(gauss_cfg)
+    with torch.no_grad():
+        gauss.head[-1].weight.mul_(100.0)
+    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
+                       recommended_blind_spot=(1, 1))  # fmt: skip
     return {
         "teacher": save_model(root / "teacher.pt", teacher, ModelCard(name="tiny-teacher", network=teacher_cfg)),
         "student": save_model(root / "student.pt", StudentNet(student_cfg), student_card),
+        "gauss": save_model(root / "gauss.pt", gauss, ModelCard(name="gauss", network=gauss_cfg, noise=noise)),
     }
 
 
@@ -77,6 +90,38 @@ def test_models_are_rows_of_one_table_with_per_frame_values(models: dict[str, Pa
             assert psnr == pytest.approx(psnr_paper(clean[t], expected), abs=1e-4)
     assert by_method["teacher x4"]["psnr_frames"] != by_method["teacher"]["psnr_frames"]
     assert (tmp_path / "quality.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(60)
+def test_a_gaussian_head_model_gives_its_blind_and_reopened_rows_with_gains_and_calibration(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = {r.method: r for r in _run(parse_model_specs([f"g={models['gauss']}"]), tmp_path)}
+    blind, reopened = rows["g"], rows["g re-opened"]
+    assert blind.reopen is None and reopened.reopen is not None and reopened.key == "g re-opened"
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    frames, edges = saved["frames_scored"], saved["edge_frames"]
+    assert edges == [0, 9] and "| g re-opened |" in (tmp_path / "quality.md").read_text()
+    # the truth of the numbers: the runtime's blind estimate and posterior (with its std) on the same frames
+    noisy, clean = simulate_movie(SimulationConfig(height=48, width=48, frames=10, dose=5.0, seed=1001))
+    with Denoiser.load(models["gauss"], threads=1) as den:
+        outs = [den.denoise_window(stack_window(noisy.astype(np.float32), window_indices(t, 5, 10)), uncertainty=True)
+                for t in frames]  # fmt: skip
+    truth = [clean[t] for t in frames]
+    for t, o, c, psnr_b, psnr_r in zip(frames, outs, truth, blind.psnr_frames, reopened.psnr_frames, strict=True):
+        assert psnr_b == pytest.approx(psnr_paper(c, o.prior_mean), abs=1e-4), t
+        assert psnr_r == pytest.approx(psnr_paper(c, o.mean), abs=1e-4), t
+    mse_b = np.mean([np.mean((c - o.prior_mean) ** 2) for o, c in zip(outs, truth, strict=True)])
+    mse_r = np.mean([np.mean((c - o.mean) ** 2) for o, c in zip(outs, truth, strict=True)])
+    stats = reopened.reopen
+    assert stats.measured_gain_db == pytest.approx(10 * np.log10(mse_b / mse_r), abs=1e-3)
+    within = np.mean([np.abs(c - o.mean) <= o.std for o, c in zip(outs, truth, strict=True)])
+    assert stats.calibration == pytest.approx(within, abs=1e-6)
+    prior_var = np.stack([o.prior_std.astype(np.float64) ** 2 for o in outs])
+    noise_var = np.stack([o.noise_std.astype(np.float64) ** 2 for o in outs])
+    assert stats.predicted_gain_db == pytest.approx(predicted_gain_db(prior_var, noise_var), rel=1e-4)
+    assert stats.ratio == pytest.approx(stats.measured_gain_db / stats.predicted_gain_db)
+    assert len(stats.measured_gain_frames) == 3 and set(stats.regions) == {"edge frames", "changing pixels"}
 
 
 def test_dihedral_is_refused_for_a_model_whose_blind_spot_is_not_square(tmp_path: Path) -> None:
@@ -135,3 +180,123 @@ def test_unknown_noise_correlation_is_a_usage_error_naming_the_choices(
     err = capsys.readouterr().err
     assert "'diagonal' is not one of" in err and "isotropic" in err
     assert not (tmp_path / "quality.json").exists()
+
+
+# --- the dose/detector sweep (emlive.bench.dose_sweep) -----------------------------------------------------------
+SWEEP_TRAIN = ["network.width=8", "network.scales=2", "network.blocks=1", "data.crop_size=32", "optim.batch_size=4"]
+SWEEP_ARGS = ["--doses", "5,100", "--modes", "counting", "--size", "64", "--frames", "8", "--eval-frames", "2"]
+SWEEP_ARGS += ["--no-bm3d", "--threads", "1", "--backend", "torch_cpu", "--train-steps", "1"]
+SWEEP_ARGS += [arg for item in SWEEP_TRAIN for arg in ("--train-set", item)]
+SWEEP_KEYS = ["raw", "5-frame average", "gaussian", "blind", "re-opened", "oracle"]
+
+
+@pytest.mark.parametrize("mode", list(DetectorMode))
+def test_detector_modes_map_to_the_simulator_and_its_noise(mode: DetectorMode) -> None:
+    sim = Setting(20.0, mode).simulation(64, 2, seed=5)
+    truth = detector_truth(sim)
+    expected = {"counting": (1.0, 0.0, 0.0, "none"), "integrating": (8.0, 100.0, 3.0, "isotropic")}[mode.value]
+    assert (sim.gain, sim.offset, sim.read_noise, sim.correlated_noise.value) == expected
+    assert (sim.dose, sim.height, sim.frames, sim.seed) == (20.0, 64, 2, 5)
+    # the variance the generalized Anscombe transform assumes is the simulator's: the stabilised noise has unit
+    # variance (BM3D's sigma 1); inner pixels only (the kernel reflects at the borders)
+    noisy, clean = simulate_movie(sim)
+    args = (sim.gain, sim.offset, sim.read_noise, truth["kernel_sum_of_squares"])
+    stab = generalized_anscombe(noisy.astype(np.float64), *args) - generalized_anscombe(clean.astype(np.float64), *args)
+    assert float(stab[:, 2:-2, 2:-2].std()) == pytest.approx(1.0, abs=0.05)
+    back = inverse_generalized_anscombe(generalized_anscombe(clean.astype(np.float64), *args), *args)
+    assert float(np.mean(back - clean)) == pytest.approx(0.0, abs=0.02 * sim.gain * sim.dose)
+
+
+def test_models_per_setting_are_parsed_and_an_unswept_setting_is_refused(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    specs = parse_model_specs([f"s@5/counting={models['student']}", f"t={models['teacher']}@flips"])
+    (student, where), (teacher, anywhere) = split_setting_specs(specs)
+    assert (student.label, where) == ("s", Setting(5.0, DetectorMode.counting)) and student.path == models["student"]
+    assert (teacher.label, anywhere, teacher.ensemble) == ("t", None, Ensemble.flips)
+    bad = parse_model_specs([f"s@5/integrated={models['student']}"])
+    with pytest.raises(ConfigError, match=r"'5/integrated' is not a setting; a setting is DOSE/MODE"):
+        split_setting_specs(bad)
+    cfg = SweepConfig(doses=[5.0], modes=[DetectorMode.integrating], size=64, frames=8, bm3d=False)
+    with pytest.raises(ConfigError, match=r"setting 5/counting is not swept \(5/integrating\)"):
+        run_sweep(cfg, specs, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything ran"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--doses", "5,lots"], "--doses '5,lots': doses are numbers in e-/px/frame, e.g. --doses 0.5,5,20,100"),
+        (["--doses", "5,-1"], "--doses: -1 is no dose; each must be > 0"),
+        (["--modes", "counting,integrated"], "--modes: 'integrated' is no detector mode; use counting and/or"),
+        (["--doses", "5", "--correlated", "isotropic"], "the detector mode sets the noise correlation"),
+    ],
+)
+def test_bad_sweep_options_are_one_clear_line(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _emlive(monkeypatch, "bench-quality", *args, "--no-bm3d", "-o", str(tmp_path / "q")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """A tiny sweep, two doses of a counting detector, its blind (Gaussian-head) and oracle models trained 1 step."""
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert _emlive(mp, "bench-quality", *SWEEP_ARGS, "-o", str(out)) == 0
+    return out, json.loads((out / "quality.json").read_text()), stdout.getvalue()
+
+
+@pytest.mark.timeout(180)
+def test_a_tiny_sweep_trains_scores_every_setting_and_writes_the_dose_curve(
+    sweep: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, saved, printed = sweep
+    settings = [(s["setting"]["dose"], s["setting"]["mode"]) for s in saved["settings"]]
+    assert settings == [(5, "counting"), (100, "counting")]
+    assert len(saved["trained"]) == 4
+    assert all((out / "models" / "runs" / key / "model.pt").is_file() for key in saved["trained"])
+    for setting in saved["settings"]:
+        assert setting["simulation"]["seed"] == 1001 and setting["edge_frames"] == [0, 7]
+        rows = {r["key"]: r for r in setting["rows"]}
+        assert list(rows) == SWEEP_KEYS
+        for row in rows.values():
+            assert len(row["psnr_frames"]) == len(row["pearson_frames"]) == len(setting["frames_scored"]) == 2
+            assert set(row["regions"]) == {"edge frames", "changing pixels"}
+        reopen = rows["re-opened"]["reopen"]
+        assert 0.0 <= reopen["calibration"] <= 1.0 and len(reopen["calibration_frames"]) == 2
+        assert reopen["predicted_gain_db"] > 0 and reopen["ratio"] == pytest.approx(
+            reopen["measured_gain_db"] / reopen["predicted_gain_db"]
+        )
+        assert set(reopen["regions"]) == {"edge frames", "changing pixels"}
+        assert reopen["noise_check"]["pixels"] > 0 and "noise check" in reopen["noise_check"]["message"]
+        assert rows["blind"]["model"] == rows["re-opened"]["model"] != rows["oracle"]["model"]
+    # the blind row is the Gaussian-head model's mean channel, through the runtime, on the held-out movie
+    first = saved["settings"][0]
+    blind = next(r for r in first["rows"] if r["key"] == "blind")
+    noisy, clean = simulate_movie(SimulationConfig.model_validate(first["simulation"]))
+    with Denoiser.load(blind["model"], backend="torch_cpu", threads=1, estimate="blind") as den:
+        for t, psnr in zip(first["frames_scored"], blind["psnr_frames"], strict=True):
+            window = stack_window(noisy.astype(np.float32), window_indices(t, 5, 8))
+            assert psnr == pytest.approx(psnr_paper(clean[t], den.denoise_window(window)), abs=1e-4)
+    for png in ("dose_curve.png", "quality_counting-dose5.png", "quality_counting-dose100.png"):
+        assert (out / png).stat().st_size > 10_000
+    md = (out / "quality.md").read_text()
+    assert "| counting | 5 |" in md and "| counting | 100 |" in md and "measured/predicted" in md
+    assert md.splitlines()[0] in printed
+
+
+@pytest.mark.timeout(120)
+def test_a_rerun_reuses_the_cached_models_and_trains_nothing(
+    sweep: tuple[Path, dict[str, Any], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, first, _ = sweep
+    assert _emlive(monkeypatch, "bench-quality", "--doses", "100", *SWEEP_ARGS[2:], "-o", str(out)) == 0
+    again = json.loads((out / "quality.json").read_text())
+    assert again["trained"] == []
+    rows = [r["psnr_frames"] for r in again["settings"][0]["rows"]]
+    assert rows == [r["psnr_frames"] for r in first["settings"][1]["rows"]]  # the same models, the same numbers

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from emlive.core.network import (
+    LOG_VAR_MAX,
+    LOG_VAR_MIN,
     BlindSpotNet,
+    Head,
     NetworkConfig,
     count_parameters,
     macs_per_pixel,
@@ -17,11 +20,13 @@ from emlive.core.networks import network_macs_per_pixel
 BLIND_SPOTS = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1)]
 
 
-def _center_gradient(cfg: NetworkConfig, shape: tuple[int, int], p: tuple[int, int]) -> torch.Tensor:
+def _center_gradient(
+    cfg: NetworkConfig, shape: tuple[int, int], p: tuple[int, int], channel: int = 0
+) -> torch.Tensor:
     torch.manual_seed(0)
     net = BlindSpotNet(cfg).double().eval()
     x = torch.randn(1, cfg.frames, *shape, dtype=torch.float64, requires_grad=True)
-    net(x)[0, 0, p[0], p[1]].backward()
+    net(x)[0, channel, p[0], p[1]].backward()
     assert x.grad is not None
     return x.grad[0, cfg.frames // 2].abs()
 
@@ -29,9 +34,23 @@ def _center_gradient(cfg: NetworkConfig, shape: tuple[int, int], p: tuple[int, i
 @pytest.mark.parametrize("frames", [1, 5])
 @pytest.mark.parametrize("blind_spot", BLIND_SPOTS)
 def test_blind_window_is_exactly_blind_and_its_border_is_seen(frames: int, blind_spot: tuple[int, int]) -> None:
-    cfg = NetworkConfig(frames=frames, blind_spot=blind_spot, width=8)
+    _check_blind_window(NetworkConfig(frames=frames, blind_spot=blind_spot, width=8), channel=0)
+
+
+@pytest.mark.parametrize(("frames", "blind_spot"), [(1, (3, 3)), (5, (1, 1)), (5, (3, 3)), (5, (1, 3))])
+@pytest.mark.parametrize("channel", [0, 1])
+def test_gaussian_head_keeps_the_blind_spot_in_both_channels(
+    frames: int, blind_spot: tuple[int, int], channel: int
+) -> None:
+    """The prior mean (channel 0) and the log prior variance (channel 1) never see the blind window."""
+    cfg = NetworkConfig(frames=frames, blind_spot=blind_spot, width=8, head=Head.gaussian)
+    _check_blind_window(cfg, channel)
+
+
+def _check_blind_window(cfg: NetworkConfig, channel: int) -> None:
+    blind_spot = cfg.blind_spot
     py, px = 30, 35  # odd frame size and off-center pixel: padding and pooling are not aligned with p
-    grad = _center_gradient(cfg, (61, 67), (py, px))
+    grad = _center_gradient(cfg, (61, 67), (py, px), channel)
     a, b = blind_spot[0] // 2, blind_spot[1] // 2
     inside = grad[py - a : py + a + 1, px - b : px + b + 1]
     assert torch.count_nonzero(inside) == 0, f"center frame leaks into the {blind_spot} blind window"
@@ -108,11 +127,28 @@ def test_fused_network_is_identical() -> None:
         assert torch.allclose(net(x), net.fused()(x), atol=1e-6)
 
 
+def test_gaussian_head_outputs_a_bounded_log_variance_and_fuses() -> None:
+    cfg = NetworkConfig(width=8, head=Head.gaussian)
+    assert cfg.out_channels == 2 and NetworkConfig(width=8).out_channels == 1
+    assert NetworkConfig.model_validate({"width": 8}).head is Head.mean  # cards written before heads existed
+    torch.manual_seed(0)
+    net = BlindSpotNet(cfg).eval()
+    x = 1e4 * torch.randn(2, 5, 40, 48)  # absurd inputs drive the raw channel far out: the clamp holds
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (2, 2, 40, 48)
+        assert torch.allclose(y, net.fused()(x), atol=1e-6 * float(y.abs().max()))
+    log_var = y[:, 1]
+    assert float(log_var.min()) >= LOG_VAR_MIN and float(log_var.max()) <= LOG_VAR_MAX
+    assert torch.isfinite(log_var.half().exp()).all(), "exp(log variance) must stay finite in fp16"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "cfg",
     [
         NetworkConfig(),
+        NetworkConfig(width=8, head=Head.gaussian),
         NetworkConfig(width=8, scales=2, blocks=1, blind_spot=(1, 1)),
         NetworkConfig(width=16, frames=1, scales=3, blocks=0),
         NetworkConfig(width=12, frames=3, scales=5, blocks=3, blind_spot=(1, 5)),

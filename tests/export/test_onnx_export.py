@@ -49,8 +49,9 @@ def _torch(net: BlindSpotNet, x: np.ndarray) -> np.ndarray:
         NetworkConfig(width=8, frames=1, blind_spot=(1, 1), scales=1, blocks=0),
         NetworkConfig(width=8, frames=3, blind_spot=(1, 3), scales=3, blocks=1),
         NetworkConfig(width=8, blind_spot=(5, 5), scales=4, blocks=2),
+        NetworkConfig(width=8, scales=2, blocks=1, head="gaussian"),
     ],
-    ids=["default-arch", "single-frame-1scale", "3frames-1x3", "5x5"],
+    ids=["default-arch", "single-frame-1scale", "3frames-1x3", "5x5", "gaussian-head"],
 )
 def test_folded_network_equals_the_original(cfg: NetworkConfig) -> None:
     torch.manual_seed(3)

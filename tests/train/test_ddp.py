@@ -25,19 +25,10 @@ from emlive.train.api import launch_rank, train
 from emlive.train.config import load_config
 from emlive.train.module import WORLD_SIZE_KEY
 
-TINY = [
-    "network.width=8",
-    "network.scales=3",
-    "network.blocks=1",
-    "data.crop_size=32",
-    "data.val_crop_size=32",
-    "optim.batch_size=4",
-    "optim.max_minutes=null",
-    "optim.accelerator=cpu",
-    "output.log_crops=true",
-    "output.log_every_n_steps=1",
-    "output.log_images=false",
-]
+from .conftest import TINY
+
+TINY_RUN = [*TINY, "optim.accelerator=cpu", "output.log_crops=true", "output.log_every_n_steps=1",
+            "output.log_images=false"]  # fmt: skip
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID")
 
 
@@ -77,7 +68,7 @@ def test_two_cpu_processes_train_once_and_resume_with_one(movie: Path, tmp_path:
     emlive = Path(sys.executable).with_name("emlive")
     assert emlive.is_file(), f"{emlive}: the console script is missing; install the project (make install)"
     common = ["--config", "synthetic-small", f"data.train={movie}", "data.clean=null", f"output.root={tmp_path}"]
-    first = _run([str(emlive), "train", *common, *TINY, "optim.devices=2", "optim.epochs=2"])
+    first = _run([str(emlive), "train", *common, *TINY_RUN, "optim.devices=2", "optim.epochs=2"])
     run_dir = tmp_path / "synthetic" / "synthetic-small"
 
     # both processes ran, logged by rank 0 only, and drew different crops of the same epochs
@@ -104,7 +95,7 @@ def test_two_cpu_processes_train_once_and_resume_with_one(movie: Path, tmp_path:
     assert torch.load(last, weights_only=True)[WORLD_SIZE_KEY] == 2
 
     # resume the 2-process checkpoint with one process: epochs count on, the change is announced
-    resume = [sys.executable, "-m", "emlive", "train", *common, *TINY, "optim.devices=1", "optim.epochs=3"]
+    resume = [sys.executable, "-m", "emlive", "train", *common, *TINY_RUN, "optim.devices=1", "optim.epochs=3"]
     second = _run([*resume, "--resume", str(last)])
     assert "resuming a checkpoint written by 2 processes with 1" in second.stderr
     card = load_checkpoint(run_dir / "model.pt")[1]

@@ -21,17 +21,9 @@ from emlive.core.student import StudentConfig, StudentNet
 from emlive.train.config import CONFIG_DIR, load_config, load_distill_config, shipped_configs
 from emlive.train.distill import distill
 
-TINY = [
-    "network.width=8",
-    "network.depth=3",
-    "network.unshuffle=2",
-    "data.crop_size=32",
-    "data.val_crop_size=32",
-    "optim.batch_size=4",
-    "optim.recursive_factor=1",
-    "optim.epochs=2",
-    "optim.max_minutes=null",
-]
+from .conftest import SHORT, TINY_STEPS
+
+TINY = ["network.width=8", "network.depth=3", "network.unshuffle=2", *TINY_STEPS, *SHORT]  # a tiny student
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ from emlive.train.api import train, training_card
 from emlive.train.config import AugmentConfig, TrainTargets, load_config
 from emlive.train.data import WindowCrops, open_sources
 
-TINY = [
-    "network.width=8",
-    "network.scales=3",
-    "network.blocks=1",
-    "data.crop_size=32",
-    "data.val_crop_size=32",
-    "optim.batch_size=4",
-    "optim.max_minutes=null",
-    "output.log_images=false",
-]
+from .conftest import TINY
+
+TINY_RUN = [*TINY, "output.log_images=false"]
 AUGMENT = AugmentConfig(flips=True, rot90=True, reverse_frames=True, extra_noise_probability=0.5)
 
 
@@ -88,7 +81,8 @@ def test_oracle_without_data_clean_val_movie_or_with_patches_is_refused(movie: P
 @pytest.mark.timeout(120)
 def test_oracle_training_learns_the_clean_frames_and_its_card_says_so(movie: Path, tmp_path: Path) -> None:
     over = [f"data.train={movie / 'noisy.tif'}", f"data.clean={movie / 'clean.tif'}", f"output.root={tmp_path}"]
-    cfg = load_config("synthetic-small", [*over, *TINY, "optim.recursive_factor=4", "optim.epochs=1", "targets=clean"])
+    oracle = [*TINY_RUN, "optim.recursive_factor=4", "optim.epochs=1", "targets=clean"]
+    cfg = load_config("synthetic-small", [*over, *oracle])
     result = train(cfg)
     _, card = load_checkpoint(result.model)
     assert card.training.target is Target.clean and "oracle" in (card.training.loss or "")
@@ -105,5 +99,5 @@ def test_oracle_training_learns_the_clean_frames_and_its_card_says_so(movie: Pat
         floor = float(np.mean(np.square(errors)))
     assert floor > 0.5 and result.metrics["val/loss"] < 0.6 * floor, (floor, result.metrics)
     # a self-supervised run of the same config says target noisy (its card, without training)
-    blind = load_config("synthetic-small", [*over, *TINY])
+    blind = load_config("synthetic-small", [*over, *TINY_RUN])
     assert training_card(blind, [src], "l2").training.target is Target.noisy

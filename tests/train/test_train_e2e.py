@@ -18,17 +18,9 @@ from emlive.core.simulate import SimulationConfig, write_simulation
 from emlive.train.api import train
 from emlive.train.config import load_config
 
-TINY = [
-    "network.width=8",
-    "network.scales=3",
-    "network.blocks=1",
-    "data.crop_size=32",
-    "data.val_crop_size=32",
-    "optim.batch_size=4",
-    "optim.recursive_factor=1",
-    "optim.epochs=2",
-    "optim.max_minutes=null",
-]
+from .conftest import SHORT, TINY
+
+TINY_RUN = [*TINY, *SHORT]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def test_train_writes_self_describing_checkpoints_and_resumes(movie: Path, tmp_p
             f"data.train={movie / 'noisy.tif'}",
             f"data.clean={movie / 'clean.tif'}",
             f"output.root={tmp_path}",
-            *TINY,
+            *TINY_RUN,
         ],
     )
     result = train(cfg)
@@ -99,7 +91,7 @@ def test_train_command_through_the_entry_point(movie: Path, tmp_path: Path) -> N
         f"data.train={movie / 'noisy.tif'}",
         "data.clean=null",
         f"output.root={tmp_path}",
-        *TINY,
+        *TINY_RUN,
         "optim.epochs=1",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200)

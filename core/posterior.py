@@ -1,0 +1,394 @@
+"""Posterior-mean inference: re-open the blind spot with the pixel the network was not allowed to see.
+
+A blind-spot network with ``network.head=gaussian`` predicts, per pixel, a prior for the clean value x: its mean
+mu and variance s_x^2 (the blind estimate and its error; Laine et al. 2019). The observed pixel y = x + noise, with
+noise variance s_n^2 from the detector's noise model, then gives the posterior (everything here is in raw detector
+counts, numpy only: it runs on the light install's serving path):
+
+* **Gaussian** (the general case): ``mean = (s_n^2 mu + s_x^2 y) / (s_x^2 + s_n^2)``,
+  ``var = s_x^2 s_n^2 / (s_x^2 + s_n^2)``, with s_n^2 = var(mu), the noise variance at the PRIOR mean (as Laine
+  et al.: the observation's own value must not set its weight). Its mean squared error is the blind one times
+  s_n^2 / (s_x^2 + s_n^2): the gain is ``10 log10(1 + s_x^2 / s_n^2)`` dB (:func:`predicted_gain_db`). Where the
+  prior is far tighter than the noise (s_x^2 << s_n^2) the formula returns ~mu by itself: the blind output.
+* **Exact Poisson** (a pure-Poisson detector, i.e. counting: no read noise, uncorrelated pixels, below
+  ``exact_below`` expected electrons per pixel, where the Gaussian approximation of Poisson fails): the prior is
+  the Gamma distribution of the same mean m and variance v in electrons (alpha = m^2 / v, beta = m / v), conjugate
+  to the Poisson count k, so the posterior is Gamma(alpha + k, beta + 1). Its MEAN, (alpha + k) / (beta + 1) =
+  (m^2 + v k) / (m + v), is exactly the Gaussian formula with s_n^2 = var(mu) = m; its variance,
+  v (m^2 + v k) / (m + v)^2, differs from the Gaussian v m / (m + v) unless k = m (it grows with the count seen).
+* **Fallback** (``reopen=False``): mu, with the prior's standard deviation as the uncertainty.
+
+The noise model (:class:`PixelNoise`) is the card's (``emlive noise-stats``, measured on what the network sees):
+pixel variance ``var(m) = max(slope * m + intercept, floor)``. For correlated noise (charge sharing) the pixel's
+noise is NOT independent of its neighbours, which the blind spot hides from the network: the per-pixel variance
+is still right (the kernel's sum of squares is in the slope), so the posterior of each pixel alone stays valid;
+the remaining correlation of the noise between pixels is left in (no whitening).
+
+:class:`NoiseCheck` is the self-supervised test of the noise model (no truth needed): in the blind spot the prior
+is independent of the pixel's noise, so ``E[(y - mu)^2] = E[s_x^2] + E[s_n^2]``. A measured/predicted ratio far
+from 1 means the noise model (or the variance head) is wrong; the check says which way and recommends the blind
+output.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from emlive.core.errors import ConfigError, InputDataError
+
+if TYPE_CHECKING:
+    from emlive.core.modelcard import NoiseModel
+
+log = logging.getLogger(__name__)
+
+ArrayT = TypeVar("ArrayT", bound=Any)  # a numpy array or a torch tensor (both have * + and clip(min=))
+
+FLOOR_ELECTRONS = 0.05  # the variance floor: the Poisson variance of 0.05 electrons (dark pixels, fits below 0)
+CORRELATED_RHO = 0.05  # off-centre normalised correlation above this: the noise is correlated (charge sharing)
+KERNEL_NOISE_RHO = 0.02  # card kernel entries within this of 0 are measurement noise, left out of sum(kernel)
+POISSON_READ_ELECTRONS2 = 0.5  # read variance (electrons^2, the fit's error included) below this: pure Poisson
+MIN_PRIOR_ELECTRONS = 1e-3  # the exact Poisson branch's prior mean floor (a prior mean <= offset)
+CHECK_BLOCK = 16  # px, blocks of the noise check's standard error
+CHECK_SIGMAS = 5.0  # the noise check flags a ratio this many standard errors from 1 ...
+CHECK_TOLERANCE = 0.15  # ... and off by more than this fraction (a few % is harmless to the posterior)
+
+
+class Estimate(enum.StrEnum):
+    """What a probabilistic (``head=gaussian``) model outputs."""
+
+    blind = "blind"  # the blind-spot estimate mu (the prior mean): what a mean-head model outputs
+    posterior = "posterior"  # the posterior mean: prior combined with the observed pixel (the re-opened blind spot)
+
+
+@dataclass(frozen=True)
+class PixelNoise:
+    """Per-pixel noise of what the network sees, in raw counts: ``var(m) = max(slope * m + intercept, floor)``.
+
+    ``offset`` (counts) when known; ``correlated``: the noise is shared with neighbouring pixels (charge sharing).
+    """
+
+    slope: float
+    intercept: float
+    offset: float | None
+    correlated: bool
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slope) and self.slope > 0):
+            raise ConfigError(
+                f"noise model slope={self.slope}: the variance must grow with the signal (slope > 0, counts per "
+                "electron); re-measure it with emlive noise-stats or give data.noise"
+            )
+        if not math.isfinite(self.intercept):
+            raise ConfigError(f"noise model intercept={self.intercept}: must be finite; re-measure the noise model")
+
+    @property
+    def floor(self) -> float:
+        """The smallest variance (counts^2): that of FLOOR_ELECTRONS electrons."""
+        return FLOOR_ELECTRONS * self.slope**2
+
+    def variance(self, mean: np.ndarray | float) -> np.ndarray:
+        """Noise variance (counts^2) of pixels of expected value ``mean`` (counts)."""
+        return self.variance_of(np.asarray(mean, dtype=np.float64))
+
+    def variance_of(self, mean: ArrayT) -> ArrayT:
+        """:meth:`variance` of a numpy array or a torch tensor (the training loss), in its own type."""
+        return (mean * self.slope + self.intercept).clip(min=self.floor)
+
+    @property
+    def poisson_offset(self) -> float | None:
+        """The offset to count electrons from when the detector is pure Poisson (uncorrelated, no read noise: a
+        counting detector), else None. Without a known offset, an intercept near 0 means offset 0, no read noise."""
+        if self.correlated:
+            return None
+        limit = POISSON_READ_ELECTRONS2 * self.slope**2
+        if self.offset is None:
+            return 0.0 if abs(self.intercept) <= limit else None
+        read_var = self.intercept + self.slope * self.offset
+        return self.offset if read_var <= limit else None
+
+    @classmethod
+    def from_card(cls, noise: NoiseModel) -> PixelNoise:
+        """The pixel noise of a card's noise model (``emlive noise-stats``'s estimate).
+
+        The card's ``gain`` and ``intercept`` describe the variance BEFORE charge sharing (analysis/noise_stats.py,
+        module doc); a pixel keeps the kernel's sum of squared weights of it, and the sum of the normalised
+        correlation (the card's ``kernel``) is 1 / (sum of squares). So slope = gain / sum(kernel), intercept =
+        intercept / sum(kernel). Kernel entries within KERNEL_NOISE_RHO of 0 are measurement noise and left out.
+        ``correlated`` is the card's when it says, else whether an off-centre correlation exceeds CORRELATED_RHO.
+        """
+        if noise.gain is None or noise.intercept is None:
+            raise ConfigError(
+                f"the model card's noise model has gain={noise.gain}, intercept={noise.intercept}: the posterior "
+                "needs both (the Poisson-Gaussian fit failed on the training data); give the detector's noise with "
+                "data.noise when training, or use the blind output (--estimate blind)"
+            )
+        rho = kernel_array(noise.kernel)
+        off = rho.copy()
+        off[rho.shape[0] // 2, rho.shape[1] // 2] = 0.0
+        total = kernel_sum(rho)
+        correlated = noise.correlated
+        return cls(
+            slope=float(noise.gain) / total,
+            intercept=float(noise.intercept) / total,
+            offset=noise.offset,
+            correlated=bool(np.abs(off).max(initial=0.0) > CORRELATED_RHO) if correlated is None else correlated,
+        )
+
+
+def kernel_array(kernel: list[list[float]] | None) -> np.ndarray:
+    """A card's noise ``kernel`` (normalised correlation, centred) as an array; [[1]] when there is none."""
+    rho = np.asarray(kernel, dtype=np.float64) if kernel else np.ones((1, 1))
+    if rho.ndim != 2 or rho.shape[0] % 2 == 0 or rho.shape[1] % 2 == 0:
+        raise ConfigError(f"noise model kernel of shape {list(rho.shape)}: must be a centred odd-sized 2-D array")
+    return rho
+
+
+def kernel_sum(rho: np.ndarray) -> float:
+    """Sum of the normalised noise correlation (1 at the centre; entries within KERNEL_NOISE_RHO of 0 are
+    measurement noise): 1 / (the charge-sharing kernel's sum of squares), the factor a pixel's variance lost."""
+    off = rho.copy()
+    off[rho.shape[0] // 2, rho.shape[1] // 2] = 0.0
+    return 1.0 + float(off[np.abs(off) > KERNEL_NOISE_RHO].sum())
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Elementwise posterior, float32 arrays in counts: mean, std, and the prior's and the noise's std."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    prior_std: np.ndarray
+    noise_std: np.ndarray
+
+
+def _as_array(name: str, value: np.ndarray | float) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise InputDataError(f"{name}: {int(np.sum(~np.isfinite(arr)))} NaN/inf value(s); all values must be finite")
+    return arr
+
+
+def _same_shape(**arrays: np.ndarray) -> None:
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {list(s)}" for name, s in shapes.items())
+        raise InputDataError(f"shape mismatch: {listed}; the posterior combines the arrays pixel by pixel")
+
+
+def to_counts(
+    mu_z: np.ndarray, log_var_z: np.ndarray, mean: float | np.ndarray, std: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The network's z-unit prior (mean, log variance) in counts for a frame normalised with (mean, std)
+    (numbers, or arrays that broadcast: one per frame of a batch)."""
+    std64 = np.asarray(std, dtype=np.float64)
+    return (
+        np.asarray(mu_z, dtype=np.float64) * std64 + mean,
+        np.asarray(log_var_z, dtype=np.float64) + 2.0 * np.log(std64),
+    )
+
+
+def posterior(
+    mu: np.ndarray,
+    log_var_prior: np.ndarray,
+    observed: np.ndarray,
+    noise: PixelNoise,
+    *,
+    exact_below: float = 1.0,
+    reopen: bool = True,
+) -> Posterior:
+    """The posterior of the clean pixel values given the prior (``mu``, ``log_var_prior``: log of the variance in
+    counts^2) and the ``observed`` pixels (counts); see the module doc. ``exact_below``: expected electrons per
+    pixel under which a pure-Poisson detector gets the exact Poisson-Gamma posterior (0: never)."""
+    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+    _same_shape(mu=m, log_var_prior=lv, observed=y)
+    if exact_below < 0:
+        raise ConfigError(f"exact_below={exact_below}: must be >= 0 electrons per pixel (0 disables the exact branch)")
+    prior_var = np.exp(np.clip(lv, -700.0, 700.0))
+    noise_var = noise.variance(m)
+    if not reopen:
+        return _float32(m, prior_var, prior_var, noise_var)
+    mean = (noise_var * m + prior_var * y) / (prior_var + noise_var)
+    var = prior_var * noise_var / (prior_var + noise_var)
+    offset = noise.poisson_offset
+    if offset is not None and exact_below > 0:
+        _exact_poisson(m, prior_var, y, noise.slope, offset, exact_below, mean, var)
+    return _float32(mean, var, prior_var, noise_var)
+
+
+def _exact_poisson(
+    mu: np.ndarray,
+    prior_var: np.ndarray,
+    y: np.ndarray,
+    gain: float,
+    offset: float,
+    exact_below: float,
+    mean: np.ndarray,
+    var: np.ndarray,
+) -> None:
+    """Overwrite ``mean`` and ``var`` with the Poisson-Gamma posterior where the prior mean is below
+    ``exact_below`` electrons (in counts = offset + gain * electrons)."""
+    electrons = (mu - offset) / gain
+    low = electrons < exact_below
+    if not np.any(low):
+        return
+    m = np.maximum(electrons[low], MIN_PRIOR_ELECTRONS)
+    v = np.maximum(prior_var[low] / gain**2, 1e-12)
+    k = np.maximum((y[low] - offset) / gain, 0.0)
+    alpha, beta = m * m / v, m / v
+    mean[low] = offset + gain * (alpha + k) / (beta + 1.0)
+    var[low] = gain**2 * (alpha + k) / (beta + 1.0) ** 2
+
+
+def _float32(mean: np.ndarray, var: np.ndarray, prior_var: np.ndarray, noise_var: np.ndarray) -> Posterior:
+    return Posterior(
+        mean=np.asarray(mean, dtype=np.float32),
+        std=np.sqrt(var).astype(np.float32),
+        prior_std=np.sqrt(prior_var).astype(np.float32),
+        noise_std=np.sqrt(noise_var).astype(np.float32),
+    )
+
+
+def _variances(prior_var: np.ndarray | float, noise_var: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    pv, nv = _as_array("prior_var", prior_var), _as_array("noise_var", noise_var)
+    for name, arr in (("prior_var", pv), ("noise_var", nv)):
+        if arr.size and float(arr.min()) < 0:
+            raise InputDataError(f"{name}: minimum {float(arr.min()):g} < 0; a variance cannot be negative")
+    if pv.shape != nv.shape and pv.size != 1 and nv.size != 1:
+        raise InputDataError(
+            f"shape mismatch: prior_var {list(pv.shape)}, noise_var {list(nv.shape)}; give one value per pixel"
+        )
+    return np.broadcast_arrays(pv, nv)  # type: ignore[return-value]
+
+
+def predicted_gain_db(
+    prior_var: np.ndarray | float, noise_var: np.ndarray | float, mask: np.ndarray | None = None
+) -> float:
+    """The gain (dB) of the posterior mean over the blind output that the model predicts from its own variance
+    head and the noise model: ``10 log10(mean(prior_var) / mean(posterior_var))`` over the pixels (of ``mask``
+    when given: a region), posterior_var = prior_var noise_var / (prior_var + noise_var). Call it per frame."""
+    pv, nv = _variances(prior_var, noise_var)
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        if keep.shape != pv.shape:
+            raise InputDataError(f"mask shape {list(keep.shape)} differs from the variances' {list(pv.shape)}")
+        pv, nv = pv[keep], nv[keep]
+    if pv.size == 0:
+        raise InputDataError("predicted_gain_db: no pixels (empty arrays or an empty mask)")
+    post = pv * nv / np.maximum(pv + nv, 1e-300)
+    mean_post = float(post.mean())
+    if mean_post <= 0:
+        return 0.0  # no noise or no prior uncertainty: nothing to gain
+    return 10.0 * math.log10(float(pv.mean()) / mean_post)
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """Self-supervised check of the noise model and the variance head: ``ratio`` = mean((y - mu)^2) over its
+    prediction mean(s_x^2 + s_n^2(mu)), with its standard error ``se`` (from blocks of CHECK_BLOCK px).
+
+    ``ok`` is False when the ratio is more than ``sigmas`` standard errors AND more than ``tolerance`` from 1:
+    the posterior would then weigh the pixel wrongly, and the blind output is the safe choice.
+    """
+
+    ratio: float
+    se: float
+    measured: float  # mean squared residual, counts^2
+    predicted: float  # mean predicted variance, counts^2
+    pixels: int
+    sigmas: float = CHECK_SIGMAS
+    tolerance: float = CHECK_TOLERANCE
+
+    @property
+    def ok(self) -> bool:
+        off = abs(self.ratio - 1.0)
+        return not (off > self.sigmas * self.se and off > self.tolerance)
+
+    @property
+    def message(self) -> str:
+        """One line for the log: fine, or which way the noise model is off and what to do."""
+        head = f"noise check: measured/predicted residual variance {self.ratio:.3f} +- {self.se:.3f}"
+        if self.ok:
+            return f"{head}: the noise model and the variance head agree with the data"
+        if self.ratio > 1:
+            why = (
+                "the data are noisier than the card's noise model predicts (gain too low, read noise or offset "
+                "wrong?) or the variance head is overconfident"
+            )
+        else:
+            why = (
+                "the data are quieter than the card's noise model predicts (gain too high, e.g. a noise model "
+                "of another detector or dose setting?)"
+            )
+        return (
+            f"{head}: {why}; the posterior would weigh the observed pixel wrongly: use the blind output "
+            "(--estimate blind), or re-measure the noise model (emlive noise-stats) and give it as data.noise"
+        )
+
+    def to_dict(self) -> dict[str, float | int | bool | str]:
+        return {
+            "ratio": self.ratio,
+            "se": self.se,
+            "measured": self.measured,
+            "predicted": self.predicted,
+            "pixels": self.pixels,
+            "ok": self.ok,
+            "message": self.message,
+        }
+
+    @classmethod
+    def measure(
+        cls,
+        mu: np.ndarray,
+        log_var_prior: np.ndarray,
+        observed: np.ndarray,
+        noise: PixelNoise,
+        *,
+        block: int = CHECK_BLOCK,
+        sigmas: float = CHECK_SIGMAS,
+        tolerance: float = CHECK_TOLERANCE,
+    ) -> NoiseCheck:
+        """The check over (..., H, W) arrays in counts (one frame or several; the blind output and its observed
+        frame, never a pixel the network saw)."""
+        m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+        _same_shape(mu=m, log_var_prior=lv, observed=y)
+        if m.ndim < 2:
+            raise InputDataError(f"noise check: arrays of shape {list(m.shape)}; give (H, W) frames or (T, H, W)")
+        residual = (y - m) ** 2
+        predicted = np.exp(np.clip(lv, -700.0, 700.0)) + noise.variance(m)
+        r_blocks, p_blocks = _block_sums(residual, block), _block_sums(predicted, block)
+        ratio = float(r_blocks.sum() / p_blocks.sum())
+        n = r_blocks.size
+        if n > 1:  # the ratio estimator's standard error over blocks
+            spread = float(np.sum((r_blocks - ratio * p_blocks) ** 2)) / (n * (n - 1))
+            se = math.sqrt(spread) / float(p_blocks.mean())
+        else:
+            se = float("inf")
+        return cls(ratio, se, float(residual.mean()), float(predicted.mean()), int(m.size), sigmas, tolerance)
+
+
+def prior_variance_scale(
+    mu: np.ndarray, log_var_prior: np.ndarray, observed: np.ndarray, noise: PixelNoise
+) -> float:
+    """The factor c that makes the variance head agree with the data on average, from the noise check's relation
+    (no truth needed): mean((y - mu)^2) = c mean(s_x^2) + mean(s_n^2). A self-supervised recalibration of an
+    under-trained (over- or under-confident) variance head: add log(c) to the log prior variance. Trusts the
+    noise model (run the :class:`NoiseCheck` first); at least 1e-3."""
+    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+    _same_shape(mu=m, log_var_prior=lv, observed=y)
+    excess = float(np.mean((y - m) ** 2) - np.mean(noise.variance(m)))
+    return max(excess / float(np.mean(np.exp(np.clip(lv, -700.0, 700.0)))), 1e-3)
+
+
+def _block_sums(values: np.ndarray, block: int) -> np.ndarray:
+    """Sums over block x block tiles of the last two axes (a ragged edge tile is dropped unless it is all)."""
+    h, w = values.shape[-2:]
+    bh, bw = min(block, h), min(block, w)
+    hh, ww = (h // bh) * bh, (w // bw) * bw
+    tiles = values[..., :hh, :ww].reshape(*values.shape[:-2], hh // bh, bh, ww // bw, bw)
+    return np.asarray(tiles.sum(axis=(-3, -1)), dtype=np.float64).ravel()

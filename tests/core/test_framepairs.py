@@ -1,0 +1,49 @@
+"""PairTracker: raw and denoised frames paired by (acquisition, index), raw alone only without denoised frames,
+bounded memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emlive.core.framepairs import RAW_KEEP, RAW_ONLY_AFTER_S, PairTracker
+from emlive.core.protocol import Message, decode, encode, encode_frame, event_header
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _frame(index: int, kind: str, acq: str = "acq") -> Message:
+    data = np.full((4, 6), index, np.float32 if kind == "denoised" else np.uint16)
+    return decode(encode_frame(data, acq, index, timestamp=100.0 + index, extra={"kind": kind}))
+
+
+def test_denoised_frame_completes_the_pair_of_its_raw_frame() -> None:
+    pairs = PairTracker()
+    first = pairs.add(_frame(0, "raw"), now=10.0)  # no denoised frame ever came: the raw frame shows alone
+    assert first is not None and first.denoised is None and first.index == 0
+    assert pairs.add(_frame(1, "denoised"), now=10.1) is not None
+    assert pairs.add(_frame(2, "raw"), now=10.2) is None  # waits for its partner
+    pair = pairs.add(_frame(2, "denoised"), now=10.3)
+    assert pair is not None and (pair.acquisition, pair.index, pair.timestamp) == ("acq", 2, 102.0)
+    assert pair.raw is not None and pair.raw.header.kind == "raw" and pair.raw.header.index == 2
+    assert pair.denoised is not None and pair.received_at == 10.3
+    assert pairs.add(_frame(2, "denoised", acq="other"), now=10.4).raw is None  # type: ignore[union-attr]
+
+
+def test_raw_frames_alone_only_when_no_denoised_frame_came_for_a_while() -> None:
+    pairs = PairTracker()
+    pairs.add(_frame(0, "denoised"), now=10.0)
+    assert pairs.add(_frame(1, "raw"), now=10.0 + RAW_ONLY_AFTER_S / 2) is None
+    alone = pairs.add(_frame(2, "raw"), now=10.0 + RAW_ONLY_AFTER_S * 1.5)
+    assert alone is not None and alone.denoised is None and alone.raw is not None and alone.index == 2
+
+
+def test_unpaired_raw_frames_are_bounded_and_events_are_ignored() -> None:
+    pairs = PairTracker()
+    pairs.add(_frame(0, "denoised"), now=10.0)
+    for i in range(1, 3 * RAW_KEEP):
+        pairs.add(_frame(i, "raw"), now=10.0)
+    assert len(pairs._raw) == RAW_KEEP
+    late = pairs.add(_frame(1, "denoised"), now=10.0)  # its raw frame was dropped long ago
+    assert late is not None and late.raw is None
+    assert pairs.add(decode(encode(event_header("end", "acq", index=5))), now=10.0) is None
