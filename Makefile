@@ -52,7 +52,7 @@ xvfb:
 		|| echo "Xvfb could not be installed: the napari plugin's widget tests will be skipped"
 
 test: lint typecheck browser xvfb
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 wheel-smoke: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_packaging.py
