@@ -10,10 +10,16 @@ a service without ``--publish-raw``'s partner), hands out raw frames alone. Memo
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
-from emlive.core.protocol import Message
+import zmq
+
+from emlive.core.protocol import Message, ProtocolError, parse_json_object
+
+logger = logging.getLogger(__name__)
 
 RAW_KEEP = 8
 RAW_ONLY_AFTER_S = 1.0  # show raw frames alone when no denoised frame came for this long (a bare detector)
@@ -65,3 +71,20 @@ class PairTracker:
         if now - self._last_denoised > self._raw_only_after_s:
             return Pair(key[0], key[1], header.timestamp, now, msg, None)
         return None
+
+
+def newest_status(sock: zmq.Socket[Any], limit: int, address: str | None) -> dict[str, Any] | None:
+    """The newest status object queued on ``sock`` (subscribed to a service's ``--status`` address), reading at most
+    ``limit`` messages without blocking, or None when none came. Each is parsed by the wire's strict, bounded JSON
+    parser; a malformed one is logged (naming ``address``) and skipped. A display shows only the newest."""
+    newest: dict[str, Any] | None = None
+    for _ in range(limit):
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            newest = parse_json_object(data, "status message")
+        except ProtocolError as exc:
+            logger.warning("%s; is %s the service's --status address?", exc, address)
+    return newest

@@ -187,7 +187,7 @@ def available_backends(kind: str = "checkpoint") -> list[BackendName]:
     return [b for b in _AUTO_ORDER[kind] if backend_unavailable_reason(b, kind) is None]
 
 
-def _model_kind(path: Path) -> str:
+def model_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return "checkpoint"
@@ -238,7 +238,7 @@ class _Model:
 
 
 def _load_model(path: Path) -> _Model:
-    kind = _model_kind(path)
+    kind = model_kind(path)
     if not path.is_file():
         raise ModelFileError(
             f"{path}: no such model file; give the path of a .ckpt/.pt checkpoint, an exported .onnx model or a "

@@ -45,10 +45,10 @@ logger = logging.getLogger(__name__)
 def backend_choices(model: str | Path) -> list[str]:
     """``auto`` then the registry's backends that can run ``model`` here, best first (all of them for a path
     whose type is unknown, so the runtime's own error names the problem)."""
-    from emlive.export.runtime import _model_kind, available_backends
+    from emlive.export.runtime import available_backends, model_kind
 
     try:
-        kind = _model_kind(Path(model))
+        kind = model_kind(Path(model))
     except EmliveError:
         return [b.value for b in BackendName]
     return [BackendName.auto.value] + [b.value for b in available_backends(kind)]

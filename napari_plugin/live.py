@@ -45,8 +45,8 @@ from vispy.visuals import ImageVisual
 from zmq.utils.monitor import recv_monitor_message
 
 from emlive.core.errors import EmliveError
-from emlive.core.framepairs import Pair, PairTracker
-from emlive.core.protocol import HeaderCache, ProtocolError, connect, decode, open_socket, parse_json_object
+from emlive.core.framepairs import Pair, PairTracker, newest_status
+from emlive.core.protocol import HeaderCache, ProtocolError, connect, decode, open_socket
 
 logger = logging.getLogger(__name__)
 
@@ -190,16 +190,8 @@ class LiveReceiver:
 
     def _drain_status(self) -> None:
         assert self._status_sub is not None
-        for _ in range(MAX_DRAIN):
-            try:
-                data = self._status_sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                status = parse_json_object(data, "status message")
-            except ProtocolError as exc:
-                logger.warning("%s; is %s the service's --status address?", exc, self.status_addr)
-                continue
+        status = newest_status(self._status_sub, MAX_DRAIN, self.status_addr)
+        if status is not None:
             with self._lock:
                 self.state.status = status
 

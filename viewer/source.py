@@ -11,7 +11,6 @@ ZeroMQ reconnects by itself; staleness is judged by the time since the last fram
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from emlive.core.framepairs import Pair, PairTracker
+from emlive.core.framepairs import Pair, PairTracker, newest_status
 from emlive.core.protocol import Message, ProtocolError, connect, decode, open_socket
 from emlive.viewer.render import Channel, FramePair, bin_factor, make_channel
 
@@ -104,20 +103,11 @@ class FrameSource:
 
     def _drain_status(self) -> None:
         assert self._status_sub is not None  # registered only when present
-        for _ in range(MAX_DRAIN):
-            try:
-                data = self._status_sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                status = json.loads(data)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                logger.warning("status message is not JSON (%s); is --status the service's status address?", exc)
-                continue
-            if isinstance(status, dict):
-                self.last_status_at = time.time()
-                if self._on_status is not None:
-                    self._on_status(status)
+        status = newest_status(self._status_sub, MAX_DRAIN, self.status_addr)
+        if status is not None:
+            self.last_status_at = time.time()
+            if self._on_status is not None:
+                self._on_status(status)
 
     def _drain_frames(self) -> Pair | None:
         """Read everything queued; returns the newest (raw, denoised) pair seen, unprepared, or None."""

@@ -3,10 +3,13 @@ bounded memory."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
+import zmq
 
-from emlive.core.framepairs import RAW_KEEP, RAW_ONLY_AFTER_S, PairTracker
+from emlive.core.framepairs import RAW_KEEP, RAW_ONLY_AFTER_S, PairTracker, newest_status
 from emlive.core.protocol import Message, decode, encode, encode_frame, event_header
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,3 +50,36 @@ def test_unpaired_raw_frames_are_bounded_and_events_are_ignored() -> None:
     late = pairs.add(_frame(1, "denoised"), now=10.0)  # its raw frame was dropped long ago
     assert late is not None and late.raw is None
     assert pairs.add(decode(encode(event_header("end", "acq", index=5))), now=10.0) is None
+
+
+@pytest.mark.timeout(10)
+def test_newest_status_skips_malformed_messages_and_keeps_the_newest(caplog: pytest.LogCaptureFixture) -> None:
+    ctx = zmq.Context.instance()
+    rx, tx = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        port = rx.bind_to_random_port("tcp://127.0.0.1")
+        tx.connect(f"tcp://127.0.0.1:{port}")
+        assert newest_status(rx, 8, "tcp://x") is None  # nothing queued: no wait, no status
+        for data in (b'{"seq": 1}', b"{nope", b"42", b'{"seq": 2}', b'{"seq": NaN}'):
+            tx.send(data)
+        assert rx.poll(2000)
+        time.sleep(0.2)  # let the rest arrive
+        assert newest_status(rx, 8, "tcp://x") == {"seq": 2}
+        assert sum("tcp://x" in r.getMessage() for r in caplog.records) == 3  # each bad one named, then skipped
+        tx.send(b'{"seq": 3}')
+        tx.send(b'{"seq": 4}')
+        assert rx.poll(2000)
+        time.sleep(0.2)
+        assert newest_status(rx, 1, None) == {"seq": 3}  # at most `limit` read per call
+    finally:
+        rx.close(0)
+        tx.close(0)
+
+
+def test_uncertainty_maps_are_neither_raw_nor_denoised_frames() -> None:
+    tracker = PairTracker()
+    tracker.add(_frame(5, "denoised"), 0.0)  # a denoised frame came: raw frames now wait for their partner
+    assert tracker.add(_frame(7, "raw"), 0.1) is None
+    assert tracker.add(_frame(7, "uncertainty"), 0.2) is None  # not taken for the raw frame of index 7
+    pair = tracker.add(_frame(7, "denoised"), 0.3)
+    assert pair is not None and pair.raw is not None and pair.raw.header.kind == "raw"
