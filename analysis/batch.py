@@ -28,6 +28,14 @@ recorded size and hash, and the movies already assembled; a re-run with another 
 (``--overwrite`` starts the job afresh). Parts live on the output folder, so workers and the client need a shared
 file system (as on any cluster).
 
+A probabilistic (``network.head=gaussian``) model gives each movie the estimate single-process ``emlive denoise``
+gives it: the noise check (:func:`emlive.analysis.uncertainty.movie_estimate`, on the movie's whole frame range) is
+run by the worker that denoises the movie's first shard it gets, cached per (model, gain, movie, range) in that
+process, and decides posterior or blind (``--estimate`` forces one: the check then only warns). It is
+deterministic (same frames, same engine), so every shard, worker, array task and re-run decides the same; each
+shard's estimate is recorded in the manifest and a movie whose shards disagree is refused before it is assembled.
+``--uncertainty`` is refused by batch jobs (the maps are written by single-process runs only).
+
 Dask is imported only here, and only when a cluster is asked for: the rest of emlive never imports it.
 """
 
@@ -65,7 +73,9 @@ from emlive.analysis.denoise import (
     parse_frames,
     plan_jobs,
 )
+from emlive.analysis.uncertainty import movie_estimate
 from emlive.core.errors import ConfigError, InputFileError
+from emlive.core.posterior import Estimate
 from emlive.core.readers import Movie, load_gain, open_movie
 from emlive.core.writers import open_writer
 
@@ -162,6 +172,7 @@ class BatchOptions(BaseModel):
     fmt: OutputFormat | None = None
     frames: tuple[int | None, int | None] = (None, None)
     shard_frames: int = Field(default=DEFAULT_SHARD_FRAMES, ge=1, le=1_000_000)
+    estimate: Estimate | None = None  # --estimate: forced (the noise check then only warns); None: per movie
     overwrite: bool = False
     progress: bool = True
 
@@ -214,6 +225,7 @@ class PartResult:
     frames: int
     seconds: float
     worker: str
+    estimate: str | None = None  # the movie's estimate for a probabilistic model (the same for all its shards)
 
 
 @dataclass
@@ -228,6 +240,7 @@ class BatchReport:
     seconds: float = 0.0  # wall time of the job, first task submitted to last movie written
     busy_seconds: float = 0.0  # the shard tasks' own time, summed over the workers
     workers: dict[str, int] = field(default_factory=dict)  # worker -> shards it ran
+    estimates: dict[str, str] = field(default_factory=dict)  # output -> estimate (probabilistic models only)
 
     @property
     def frames_per_second(self) -> float:
@@ -242,6 +255,7 @@ _DENOISERS: dict[ModelRef, Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
 _ENGINE_LOCKS: dict[ModelRef, threading.Lock] = {}  # a Denoiser is not thread-safe: one task at a time uses it
 _GAINS: dict[str, np.ndarray] = {}
+_ESTIMATES: dict[tuple[Any, ...], Estimate | None] = {}  # (model, movie, range, gain, --estimate) -> decision
 LOADS: dict[ModelRef, int] = {}  # how many times this process loaded each model (tests, logs)
 
 
@@ -353,8 +367,8 @@ def assemble_file(target: MovieTarget) -> str:
     return str(out)
 
 
-def _file_shard(shard: Shard, movie: Movie, denoiser: Denoiser) -> tuple[int, str]:
-    return write_part(shard, denoiser.denoise_movie(movie, shard.start, shard.stop))
+def _file_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> tuple[int, str]:
+    return write_part(shard, denoiser.denoise_movie(movie, shard.start, shard.stop, estimate=estimate))
 
 
 def _valid_part(shard: Shard, record: dict[str, Any]) -> bool:
@@ -369,7 +383,7 @@ def _valid_file(output: str, record: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == record.get("bytes")
 
 
-def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser) -> tuple[int, str]:
+def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> tuple[int, str]:
     """Write a shard's frames straight into the movie's OME-Zarr store (created by the first shard, under a lock)."""
     from emlive.analysis.denoise import open_zarr_output
     from emlive.core.zarrio import ZarrMovieStore
@@ -384,7 +398,7 @@ def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser) -> tuple[int, st
             store = open_zarr_output(out, movie, denoiser, np.dtype(shard.dtype), shard.first, shard.last)
     finally:
         os.close(fd)
-    for t, frame in denoiser.denoise_movie(movie, shard.start, shard.stop):
+    for t, frame in denoiser.denoise_movie(movie, shard.start, shard.stop, estimate=estimate):
         store.write_frame(t - shard.first, frame)
     return shard.frames * shard.height * shard.width * store.dtype.itemsize, "zarr"
 
@@ -416,7 +430,7 @@ def _zarr_finished(output: str, record: dict[str, Any]) -> bool:
 class OutputKind:
     """How one output format gets a shard's frames and becomes a movie (the seam for each format)."""
 
-    write_shard: Callable[[Shard, Movie, Denoiser], tuple[int, str]]  # on a worker: (bytes, hash)
+    write_shard: Callable[[Shard, Movie, Denoiser, Estimate | None], tuple[int, str]]  # on a worker: (bytes, hash)
     shard_done: Callable[[Shard, dict[str, Any]], bool]  # is a recorded shard intact on disk (resume)?
     assemble: Callable[[MovieTarget], str]  # once every shard is done
     finished: Callable[[str, dict[str, Any]], bool]  # is a recorded movie intact on disk (resume)?
@@ -442,19 +456,47 @@ def _kind(fmt: str) -> OutputKind:
 
 
 # --- the tasks (run on the workers; arguments are paths and numbers only) ----------------------------------------
-def run_shard(shard: Shard, model: ModelRef, gain: str | None, fmt: str) -> PartResult:
-    """Denoise one shard's frame range into its part (the model and gain come from this process's cache)."""
+def run_shard(
+    shard: Shard, model: ModelRef, gain: str | None, fmt: str, estimate: Estimate | None = None
+) -> PartResult:
+    """Denoise one shard's frame range into its part (the model and gain come from this process's cache) with the
+    movie's estimate (:func:`movie_decision`; ``estimate``: the one --estimate forces)."""
     began = time.perf_counter()
     denoiser = worker_denoiser(model)
     with _ENGINE_LOCKS[model], open_movie(shard.input) as movie:  # a worker with several threads: one at a time
         gain_image = _worker_gain(gain)
         if gain_image is not None:
             movie.set_gain(gain_image)
-        size, digest = _kind(fmt).write_shard(shard, movie, denoiser)
+        chosen = movie_decision(shard, movie, denoiser, (model, gain), estimate)
+        size, digest = _kind(fmt).write_shard(shard, movie, denoiser, chosen)
     seconds = time.perf_counter() - began
     worker = f"{os.uname().nodename}:{os.getpid()}"
     logger.info("shard %s (%d frames) done in %.2f s on %s", shard.key, shard.frames, seconds, worker)
-    return PartResult(shard.key, shard.movie, size, digest, shard.frames, seconds, worker)
+    return PartResult(shard.key, shard.movie, size, digest, shard.frames, seconds, worker,
+                      None if chosen is None else chosen.value)  # fmt: skip
+
+
+def movie_decision(
+    shard: Shard, movie: Movie, denoiser: Denoiser, engine: tuple[ModelRef, str | None], requested: Estimate | None
+) -> Estimate | None:
+    """The estimate of the shard's movie, decided as single-process ``emlive denoise`` decides it: by
+    :func:`emlive.analysis.uncertainty.movie_estimate` (the noise check on the movie's whole frame range
+    ``first..last``, not the shard's: deterministic, so every shard, worker, array task and re-run decides the
+    same), once per (model, gain, movie file, range, --estimate) in this process. None for a plain model.
+
+    Decided on the worker rather than by the driver: the driver never loads the model (it may have no GPU), and a
+    re-run recomputes the same decision, so a resume needs nothing recorded; each shard's decision still goes to
+    the manifest, and a movie whose shards disagree is refused before it is assembled (:func:`_check_estimates`).
+    """
+    st = os.stat(shard.input)
+    key = (*engine, shard.input, st.st_size, st.st_mtime_ns, shard.first, shard.last, requested)
+    if key not in _ESTIMATES:
+        chosen = denoiser.check_estimate(requested)
+        found = movie_estimate(
+            movie, denoiser, shard.first, shard.last, chosen, forced=requested is not None, uncertainty=None
+        )
+        _ESTIMATES[key] = None if found is None else found.estimate
+    return _ESTIMATES[key]
 
 
 def assemble_movie(target: MovieTarget, fmt: str) -> str:
@@ -549,6 +591,7 @@ def job_identity(
         "gain": None if gain is None else {"path": str(gain.resolve()), "sha256": _file_sha256(gain)},
         "frames": frames_text,
         "shard_frames": options.shard_frames,
+        "estimate": None if options.estimate is None else options.estimate.value,
         "movies": [
             {"input": str(j.input.resolve()), **_stat(j.input), "output": str(j.output.resolve()), "start": j.start,
              "stop": j.stop, "format": j.format.value, "dtype": str(j.dtype)}
@@ -746,8 +789,8 @@ class _Executor:
 
 
 class _InProcess(_Executor):
-    def __init__(self, state: _State, model: ModelRef, gain: str | None) -> None:
-        self._state, self._model, self._gain = state, model, gain
+    def __init__(self, state: _State, model: ModelRef, gain: str | None, estimate: Estimate | None) -> None:
+        self._state, self._model, self._gain, self._estimate = state, model, gain, estimate
         self._queue: list[tuple[str, Any]] = []
 
     def submit_shard(self, shard: Shard) -> None:
@@ -760,23 +803,25 @@ class _InProcess(_Executor):
         while self._queue:
             what, item = self._queue.pop(0)
             if what == "shard":
-                yield run_shard(item, self._model, self._gain, self._state.fmt_of[item.movie])
+                yield run_shard(item, self._model, self._gain, self._state.fmt_of[item.movie], self._estimate)
             else:
                 yield item, assemble_movie(self._state.targets[item], self._state.fmt_of[item])
 
 
 class _OnDask(_Executor):
-    def __init__(self, client: Any, state: _State, model: ModelRef, gain: str | None) -> None:
+    def __init__(
+        self, client: Any, state: _State, model: ModelRef, gain: str | None, estimate: Estimate | None
+    ) -> None:
         from dask.distributed import as_completed
 
-        self._client, self._state, self._model, self._gain = client, state, model, gain
+        self._client, self._state, self._model, self._gain, self._estimate = client, state, model, gain, estimate
         self._ac = as_completed([], with_results=True)
         self._token = uuid.uuid4().hex[:8]
         self._movie_of: dict[str, int] = {}
 
     def submit_shard(self, shard: Shard) -> None:
         fmt = self._state.fmt_of[shard.movie]
-        future = self._client.submit(run_shard, shard, self._model, self._gain, fmt,
+        future = self._client.submit(run_shard, shard, self._model, self._gain, fmt, self._estimate,
                                      key=f"emlive-shard-{shard.key}-{self._token}", pure=False)  # fmt: skip
         self._ac.add(future)
 
@@ -803,6 +848,7 @@ def _run(state: _State, executor: _Executor, todo: list[Shard], shard: ShardSpec
     began = time.perf_counter()
     pending_movies: set[int] = set()
     for m in _newly_complete(state, shard, pending_movies):  # all parts there, not assembled (a killed job)
+        _check_estimates(state, m, report)
         executor.submit_assembly(m)
     for s in todo:
         executor.submit_shard(s)
@@ -816,6 +862,7 @@ def _run(state: _State, executor: _Executor, todo: list[Shard], shard: ShardSpec
                 report.workers[result.worker] = report.workers.get(result.worker, 0) + 1
                 bar.update(result.frames)
                 for m in _newly_complete(state, shard, pending_movies, result.movie):
+                    _check_estimates(state, m, report)
                     executor.submit_assembly(m)
             else:
                 m, output = result
@@ -824,6 +871,25 @@ def _run(state: _State, executor: _Executor, todo: list[Shard], shard: ShardSpec
                 report.outputs.append(output)
                 logger.info("assembled %s", output)
     report.seconds = time.perf_counter() - began
+
+
+def _check_estimates(state: _State, m: int, report: BatchReport) -> None:
+    """Every shard of movie ``m`` used the same estimate (as recorded in the manifest), else RuntimeError: a movie
+    mixing the posterior and the blind output would differ from any single-process run."""
+    records, _ = state.manifest.done()
+    keys = [s.key for s in state.movie_shards(m)]
+    found = {records[k].get("estimate") for k in keys if k in records}
+    output = state.targets[m].output
+    if len(found) > 1:
+        raise RuntimeError(
+            f"{output}: its shards were denoised with different estimates ({', '.join(sorted(map(str, found)))}): "
+            "the noise check decided differently on different workers (engines giving different numbers?); rerun "
+            "with --estimate blind or --estimate posterior to force one, with --overwrite"
+        )
+    (decided,) = found or {None}
+    if decided is not None:
+        report.estimates[output] = decided
+        logger.info("%s: %s estimate (the movie's noise check, as a single-process run decides it)", output, decided)
 
 
 def _newly_complete(state: _State, shard: ShardSpec | None, pending: set[int], movie: int | None = None) -> list[int]:
@@ -862,9 +928,32 @@ def _release_claims() -> None:
         os.close(_CLAIMS.pop())
 
 
+# Dask's defaults suit interactive work; a shard task runs for seconds to minutes on every core it is given, so the
+# workers this job starts drop the per-10 ms statistical profiler and poll their health less often. Idle, a local:2
+# cluster then costs about 0.02 CPU-s/s instead of 0.17 (8% of a 2-core machine, taken from the shards):
+# ``python -m emlive.bench.cluster_bench --overhead 20``.
+WORKER_TUNING: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.system-monitor.disk": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
+def tuning_exports() -> list[str]:
+    """:data:`WORKER_TUNING` as the ``export DASK_...=...`` lines of a batch job script (Dask's own env syntax)."""
+    lines = []
+    for key, value in WORKER_TUNING.items():
+        name = "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
+        lines.append(f"export {name}={value!r}" if isinstance(value, str) else f"export {name}={value}")
+    return lines
+
+
 @contextlib.contextmanager
-def open_client(spec: ClusterSpec) -> Iterator[Any]:
-    """A dask ``Client`` for ``spec`` (the cluster it starts is closed on exit)."""
+def open_client(spec: ClusterSpec, *, tuned: bool = True) -> Iterator[Any]:
+    """A dask ``Client`` for ``spec`` (the cluster it starts is closed on exit; ``tuned``: its workers get
+    :data:`WORKER_TUNING`, False only to measure what it saves)."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
@@ -875,25 +964,33 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
         with Client(spec.address) as client:
             yield client
         return
-    if spec.kind is ClusterKind.LOCAL:
-        cluster: Any = LocalCluster(
-            n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-    else:
-        cluster = _jobqueue_cluster(spec)
-    with cluster, Client(cluster) as client:
-        yield client
+    import dask
+
+    with dask.config.set(WORKER_TUNING if tuned else {}):  # the workers this job starts get it (via their Nanny)
+        if spec.kind is ClusterKind.LOCAL:
+            cluster: Any = LocalCluster(
+                n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        else:
+            cluster = _jobqueue_cluster(spec, tuned)
+        with cluster, Client(cluster) as client:
+            yield client
 
 
-def _jobqueue_cluster(spec: ClusterSpec) -> Any:
+def _jobqueue_cluster(spec: ClusterSpec, tuned: bool = True) -> Any:
     try:
         import dask_jobqueue
     except ImportError:
         raise ConfigError(
             f"--cluster {spec.kind.value}:{spec.workers} needs dask-jobqueue: pip install 'emlive[cluster]'"
         ) from None
+    import dask
+
     make = dask_jobqueue.SLURMCluster if spec.kind is ClusterKind.SLURM else dask_jobqueue.PBSCluster
-    cluster = make()  # queue, cores, memory, walltime: from ~/.config/dask/jobqueue.yaml (docs/cluster/)
+    prologue = list(dask.config.get(f"jobqueue.{spec.kind.value}.job-script-prologue", None) or [])
+    # queue, cores, memory, walltime: from ~/.config/dask/jobqueue.yaml (docs/cluster/); the job's own prologue
+    # first, then the worker tuning as environment variables (a batch job's worker reads no config of ours)
+    cluster = make(job_script_prologue=prologue + (tuning_exports() if tuned else []))
     cluster.scale(n=spec.workers)
     return cluster
 
@@ -946,14 +1043,15 @@ def denoise_batch(
                 out, len(state.shards), len(mine), len(report.skipped), len(todo))  # fmt: skip
     ref = ModelRef(str(Path(model).resolve()), opts.backend, opts.tile, default_threads(spec, opts.threads))
     gain_path = None if gain is None else str(Path(gain).resolve())
+    forced = opts.estimate
     try:
         if client is not None:
-            _run(state, _OnDask(client, state, ref, gain_path), todo, part, report, opts.progress)
+            _run(state, _OnDask(client, state, ref, gain_path, forced), todo, part, report, opts.progress)
         elif spec is not None:
             with open_client(spec) as own:
-                _run(state, _OnDask(own, state, ref, gain_path), todo, part, report, opts.progress)
+                _run(state, _OnDask(own, state, ref, gain_path, forced), todo, part, report, opts.progress)
         else:
-            _run(state, _InProcess(state, ref, gain_path), todo, part, report, opts.progress)
+            _run(state, _InProcess(state, ref, gain_path, forced), todo, part, report, opts.progress)
     finally:
         _release_claims()
     return report

@@ -331,17 +331,18 @@ def denoise_command(
                 "--resume: a batch job (several INPUTs, --cluster or --shard) resumes by itself from its folder's "
                 "emlive-manifest.jsonl; drop --resume and run the same command again"
             )
-        if uncertainty is not None or estimate is not None:
+        if uncertainty is not None:
             from emlive.core.errors import ConfigError
 
             raise ConfigError(
-                "--uncertainty/--estimate: not supported by batch jobs (several INPUTs, --cluster or --shard) yet; "
-                "run `emlive denoise` on one movie (or a folder of movies) without --cluster/--shard"
+                "--uncertainty: batch jobs (several INPUTs, --cluster or --shard) do not write uncertainty maps yet "
+                "(their outputs and --estimate are the single-process ones); run `emlive denoise` on one movie (or a "
+                "folder of movies) without --cluster/--shard to get the maps"
             )
         _denoise_batch(inputs, output, model, backend=backend, tile=tile, dtype=dtype.value,
                        fmt=None if fmt is None else fmt.value, gain=gain, frames=frames, threads=threads,
                        overwrite=overwrite, progress=progress, as_json=as_json, cluster=cluster, shard=shard,
-                       shard_frames=shard_frames)  # fmt: skip
+                       shard_frames=shard_frames, estimate=None if estimate is None else estimate.value)  # fmt: skip
         return
     from emlive.analysis.denoise import denoise_path
     from emlive.analysis.preview import MoviePreview

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emlive.core.errors import ConfigError, InputFileError
-from emlive.core.posterior import Estimate, NoiseCheck, predicted_gain_db
+from emlive.core.posterior import CHECK_FRAMES, Estimate, NoiseCheck, decide_estimate, predicted_gain_db
 from emlive.core.readers import MRC_SUFFIXES, ZARR_SUFFIXES, Movie
 from emlive.core.writers import WRITER_SUFFIXES, MovieWriter, open_writer
 
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from emlive.export.runtime import Denoiser
 
 logger = logging.getLogger(__name__)
-
-CHECK_FRAMES = 3  # frames of each movie the noise check runs on before the movie is denoised
-
 
 def _format_name(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -160,22 +157,24 @@ def movie_estimate(
         logger.info("%s: %s", where, check.message)
         return chosen
     logger.warning("%s: NOISE MODEL CHECK FAILED: %s", where, check.message)
-    if estimate is Estimate.posterior and not forced:
+    chosen.estimate = decide_estimate(estimate, check, forced=forced)
+    if chosen.estimate is not estimate:
         logger.warning("%s: falling back to the blind output for this movie (--estimate posterior forces it)", where)
-        chosen.estimate = Estimate.blind
     return chosen
 
 
-def noise_check(movie: Movie, denoiser: Denoiser, start: int, stop: int) -> NoiseCheck:
-    """The :class:`NoiseCheck` of the card's noise model on up to CHECK_FRAMES frames of ``start..stop-1``."""
+def noise_check(movie: Movie | np.ndarray, denoiser: Denoiser, start: int, stop: int) -> NoiseCheck:
+    """The :class:`NoiseCheck` of the card's noise model on up to CHECK_FRAMES frames of ``start..stop-1`` of a
+    movie (or a (T, H, W) array: the benchmarks score what a user gets by default)."""
     assert denoiser.noise is not None
     picks = sorted({int(t) for t in np.linspace(start, stop - 1, min(CHECK_FRAMES, stop - start))})
+    read = movie.frame if isinstance(movie, Movie) else movie.__getitem__
     mu, log_var, observed = [], [], []
     for t in picks:
         _, found = next(denoiser.denoise_movie(movie, t, t + 1, uncertainty=True, estimate=Estimate.blind))
         mu.append(found.prior_mean)
         log_var.append(2.0 * np.log(found.prior_std.astype(np.float64)))
-        observed.append(np.asarray(movie.frame(t), dtype=np.float32))
+        observed.append(np.asarray(read(t), dtype=np.float32))
     return NoiseCheck.measure(np.stack(mu), np.stack(log_var), np.stack(observed), denoiser.noise)
 
 

@@ -54,16 +54,21 @@ def make_movies(folder: Path, movies: int, frames: int, size: int) -> Path:
     return folder
 
 
-def time_workers(workers: int, inputs: Path, model: Path, out: Path, backend: str, shard_frames: int) -> dict[str, Any]:
-    """One job on a fresh local:N cluster (1 thread per worker and per engine), warmed up first."""
+def time_workers(
+    workers: int, inputs: Path, model: Path, out: Path, backend: str, shard_frames: int, tuned: bool = True
+) -> dict[str, Any]:
+    """One job on a fresh local:N cluster (1 thread per worker and per engine), warmed up first; ``tuned``: the
+    workers get emlive's :data:`~emlive.analysis.batch.WORKER_TUNING` (as ``emlive denoise --cluster`` runs them),
+    else Dask's defaults."""
     spec = ClusterSpec.parse(f"local:{workers}")
     ref = ModelRef(str(model.resolve()), backend, None, 1)
-    with open_client(spec) as client:
+    with open_client(spec, tuned=tuned) as client:
         client.run(warm_up, ref)  # imports and the model load, before the clock
         report = denoise_batch([inputs], out, model, client=client, backend=backend, threads=1,
                                shard_frames=shard_frames, progress=False)  # fmt: skip
     return {
         "workers": workers,
+        "tuned": tuned,
         "threads_per_worker": 1,
         "frames": report.frames,
         "shards": len(report.ran),
@@ -73,6 +78,21 @@ def time_workers(workers: int, inputs: Path, model: Path, out: Path, backend: st
         "worker_busy_fraction": report.busy_seconds / (workers * report.seconds),
         "shards_per_worker": report.workers,
     }
+
+
+def idle_overhead(workers: int, seconds: float, tuned: bool) -> dict[str, Any]:
+    """CPU time per second that an idle local:N cluster (client, scheduler, nannies, workers) takes from the
+    machine: what the shards lose to Dask's own housekeeping when every core is a worker."""
+    import psutil
+
+    with open_client(ClusterSpec.parse(f"local:{workers}"), tuned=tuned):
+        time.sleep(2.0)  # past the start-up
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        before = [sum(p.cpu_times()[:2]) for p in procs]
+        time.sleep(seconds)
+        after = [sum(p.cpu_times()[:2]) for p in procs]
+    return {"workers": workers, "tuned": tuned, "processes": len(procs),
+            "cpu_seconds_per_second": (sum(after) - sum(before)) / seconds}  # fmt: skip
 
 
 def _independent(movies: list[str], model: str, out: str, backend: str, barrier: Any, conn: Any) -> None:
@@ -112,15 +132,25 @@ def time_independent(processes: int, inputs: Path, model: Path, out: Path, backe
     return {"processes": processes, "frames": frames, "seconds": seconds, "frames_per_second": frames / seconds}
 
 
+def _curve(rows: list[dict[str, Any]], workers: list[int]) -> list[dict[str, Any]]:
+    """Best rate per worker count, speed-up and efficiency = rate_N / (N x rate_min / min)."""
+    best = {n: max(r["frames_per_second"] for r in rows if r["workers"] == n) for n in workers}
+    base = best[min(workers)] / min(workers)
+    return [{"workers": n, "frames_per_second": best[n], "speedup": best[n] / best[min(workers)],
+             "efficiency": best[n] / (n * base)} for n in workers]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()  # other work on the machine makes the ratios unreliable: recorded with them
     with tempfile.TemporaryDirectory(prefix="emlive-cluster-bench-") as tmp:
         root = Path(tmp)
         model = make_model(root, args.width)
         inputs = make_movies(root / "in", args.movies, args.frames, args.size)
+        variants = [True, False] if args.compare_untuned else [True]
         rows = [
-            time_workers(n, inputs, model, root / f"out{n}-{rep}", args.backend, args.shard_frames)
+            time_workers(n, inputs, model, root / f"out{n}-{rep}-{tuned}", args.backend, args.shard_frames, tuned)
             for rep in range(args.repeats)
+            for tuned in variants
             for n in args.workers
         ]
         plain = [
@@ -128,10 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rep in range(args.repeats)
             for n in args.workers
         ]
-    best = {n: max(r["frames_per_second"] for r in rows if r["workers"] == n) for n in args.workers}
-    base = best[min(args.workers)] / min(args.workers)
-    curve = [{"workers": n, "frames_per_second": best[n], "speedup": best[n] / best[min(args.workers)],
-              "efficiency": best[n] / (n * base)} for n in args.workers]  # fmt: skip
+    curve = _curve([r for r in rows if r["tuned"]], args.workers)
+    overhead = None
+    if args.overhead > 0:
+        overhead = [idle_overhead(max(args.workers), args.overhead, tuned) for tuned in (True, False)]
     best_plain = {n: max(r["frames_per_second"] for r in plain if r["processes"] == n) for n in args.workers}
     ceiling = [{"processes": n, "frames_per_second": best_plain[n],
                 "efficiency": best_plain[n] / (n * best_plain[min(args.workers)] / min(args.workers))}
@@ -147,6 +177,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "movies": {"count": args.movies, "frames": args.frames, "size": args.size, "shard_frames": args.shard_frames},
         "runs": rows,
         "curve": curve,
+        # Dask's default worker settings, measured in the same run (--compare-untuned)
+        "curve_untuned": _curve([r for r in rows if not r["tuned"]], args.workers) if args.compare_untuned else None,
+        "idle_overhead": overhead,
         # the same movies as plain single-process runs side by side (no Dask): what the machine itself allows
         "independent_processes": plain,
         "ceiling": ceiling,
@@ -165,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=64, help="Network width (channels).")
     parser.add_argument("--backend", default="onnx_cpu", help="Inference backend of every worker.")
     parser.add_argument("--repeats", type=int, default=1, help="Runs per worker count (the best is kept).")
+    parser.add_argument("--compare-untuned", action="store_true",
+                        help="Also run every job with Dask's default worker settings (interleaved).")
+    parser.add_argument("--overhead", type=float, default=0.0, metavar="SECONDS",
+                        help="Also measure an idle cluster's CPU use over SECONDS, tuned and untuned.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -10,7 +10,10 @@ It measures:
   latency (frame published by the detector -> drawn), p50/p99;
 * the detector's achieved rate and the service's received/denoised/published rates, skipped and dropped frames
   (counter differences between two status messages of the service, over the same interval) and its processing
-  latency p50/p99 (window complete -> published, from the service's last status);
+  latency p50/p99 (window complete -> published): ``service`` from the service's last status (its last 4096
+  frames, from its start), ``service_window`` from the headers of the frames it published within the measured
+  interval (the viewer keeps them: ``/api/health``), with the inference time, the frames over the target and those
+  flushed at a run's end (denoised after its ``end``); the per-frame trace goes to ``service_frames.json``;
 * CPU seconds of each process (detector, service, viewer, Chromium with its helpers, this process) over the
   measured interval, from ``/proc/PID/stat``.
 
@@ -19,7 +22,8 @@ without Playwright (its DevTools client costs a core's fraction at these rates: 
 Every process started here is stopped however the run ends (a supervised :class:`ChildProcesses` group each).
 
 Run: ``python -m emlive.bench.demo_bench --seconds 30 --out bench_out/demo`` (about 50 s); it writes
-``demo_bench.json`` in ``--out`` and prints a short table. The targets (issue 13) are in the JSON beside the numbers.
+``demo_bench.json`` (and ``service_frames.json``) in ``--out`` and prints a short table. The targets (issue 13)
+are in the JSON beside the numbers.
 """
 
 from __future__ import annotations
@@ -174,6 +178,7 @@ def service_figures(first: tuple[float, dict[str, Any]], last: tuple[float, dict
         "latency_p50_ms": latency["p50_ms"],
         "latency_p99_ms": latency["p99_ms"],
         "model": b.get("model", {}),
+        "gc": b.get("gc"),
     }
 
 
@@ -186,6 +191,30 @@ def draw_figures(draws: list[list[float]], t0: float, t1: float) -> dict[str, An
         "displayed_fps": round(float((n - 1) / (arr[-1, 0] - arr[0, 0])), 2) if n > 1 else 0.0,
         "latency_p50_ms": round(float(np.percentile(arr[:, 1], 50)), 1) if n else None,
         "latency_p99_ms": round(float(np.percentile(arr[:, 1], 99)), 1) if n else None,
+    }
+
+
+def frame_figures(frames: list[list[float]], t0: float, t1: float, limit_ms: float) -> dict[str, Any]:
+    """The service's latency over [t0, t1] from its denoised frames' headers (as the viewer received them:
+    ``[published_at, latency_ms, infer_ms, age_ms, flushed]``): processing latency (window complete -> published)
+    p50/p99/max, inference p50/p99, the rest of the latency (waiting, window, publish) p99, the frames over
+    ``limit_ms`` and the flushed ones (a run's last frames, denoised after its ``end``)."""
+    arr = np.asarray([f for f in frames if t0 <= f[0] <= t1], dtype=np.float64).reshape(-1, 5)
+    if not len(arr):
+        return {"frames": 0}
+    latency, infer = arr[:, 1], arr[:, 2]
+    p50, p99 = np.percentile(latency, [50, 99])
+    return {
+        "frames": len(arr),
+        "latency_p50_ms": round(float(p50), 1),
+        "latency_p99_ms": round(float(p99), 1),
+        "latency_max_ms": round(float(latency.max()), 1),
+        "infer_p50_ms": round(float(np.percentile(infer, 50)), 1),
+        "infer_p99_ms": round(float(np.percentile(infer, 99)), 1),
+        "other_p99_ms": round(float(np.percentile(latency - infer, 99)), 1),
+        "over_limit": int(np.count_nonzero(latency > limit_ms)),
+        "flushed": int(np.count_nonzero(arr[:, 4])),
+        "flushed_over_limit": int(np.count_nonzero((latency > limit_ms) & (arr[:, 4] > 0))),
     }
 
 
@@ -220,7 +249,11 @@ def _measure(demo: LiveDemo, browser: ChildProcesses, seconds: float, first_time
             "skipped": (page or {}).get("skipped"),
         },
         "service": None if s0 is None or s1 is None or s1[0] <= s0[0] else service_figures(s0, s1),
+        "service_window": frame_figures(
+            health.get("service_frames", []), start, end, TARGETS["service_latency_p99_ms_max"]
+        ),
         "cpu_seconds": meter.between("first", "end"),
+        "trace": [f for f in health.get("service_frames", []) if start <= f[0] <= end],
     }
 
 
@@ -266,13 +299,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "viewer": measured["viewer"],
         "detector_fps": detector_fps,
         "service": measured["service"],
+        "service_window": measured["service_window"],
         "cpu_seconds": measured["cpu_seconds"],
         "targets": TARGETS,
+        "trace": measured["trace"],
     }
 
 
 def table(result: dict[str, Any]) -> str:
     svc = result["service"] or {}
+    win = result["service_window"]
     cpu = result["cpu_seconds"]
     span = result["seconds"]
     lines = [
@@ -285,6 +321,10 @@ def table(result: dict[str, Any]) -> str:
         f"service denoised/published   {svc.get('denoised_fps')}/{svc.get('published_fps')} fps, latency p50/p99 "
         f"{svc.get('latency_p50_ms')}/{svc.get('latency_p99_ms')} ms, skipped {svc.get('skipped')}, "
         f"dropped {svc.get('dropped')}",
+        f"service over the window      latency p50/p99/max {win.get('latency_p50_ms')}/{win.get('latency_p99_ms')}/"
+        f"{win.get('latency_max_ms')} ms, infer p50/p99 {win.get('infer_p50_ms')}/{win.get('infer_p99_ms')} ms, "
+        f"over {TARGETS['service_latency_p99_ms_max']:g} ms: {win.get('over_limit')} of {win.get('frames')} "
+        f"({win.get('flushed_over_limit')} of {win.get('flushed')} flushed at a run's end)",
         "CPU over the window (s / s): " + ", ".join(f"{k} {v / span:.2f}" for k, v in cpu.items()),
     ]
     return "\n".join(lines)
@@ -319,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     with stop_on_signals():  # SIGTERM/SIGHUP stop the demo and the browser too, as Ctrl-C does
         result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    trace = {"columns": ["published_at", "latency_ms", "infer_ms", "age_ms", "flushed"], "frames": result.pop("trace")}
+    (args.out / "service_frames.json").write_text(json.dumps(trace))  # per frame: where a latency tail comes from
     path = args.out / "demo_bench.json"
     path.write_text(json.dumps(result, indent=2))
     print(table(result) + f"\nwritten to {path}")  # noqa: T201 - the benchmark's table is its output

@@ -78,6 +78,40 @@ def build_wheel(out: Path) -> Path:
     return next(out.glob("emlive-*.whl"))
 
 
+def wheel_inputs_key() -> str:
+    """A hash of everything the wheel is built from: pyproject.toml, README.md (its description), the modules of
+    the packages pyproject.toml lists and the package data its globs match. Equal keys, equal wheels."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {ROOT / name.removeprefix("emlive").lstrip(".").replace(".", "/") for name in setuptools["packages"]}
+    files = {ROOT / "pyproject.toml", ROOT / "README.md", *(p for d in folders for p in d.glob("*.py"))}
+    files |= {p for pattern in setuptools["package-data"]["emlive"] for p in ROOT.glob(pattern) if p.is_file()}
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cached_wheel(root: Path | None = None) -> Path:
+    """This checkout's wheel, built once per :func:`wheel_inputs_key` under ``build/wheels/`` (the light venv and
+    tests/test_packaging.py share it; a rerun on an unchanged tree builds nothing)."""
+    folder = (root or ROOT / "build" / "wheels") / wheel_inputs_key()
+    found = sorted(folder.glob("emlive-*.whl"))
+    if found:
+        return found[0]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+    try:
+        wheel = build_wheel(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # whole or absent: a killed build leaves no half wheel under the key
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in folder.parent.glob("?" * len(folder.name)):  # the wheels of earlier checkouts: 1 MB each
+        if old != folder and not old.name.startswith("tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+    return folder / wheel.name
+
+
 def light_venv(root: Path | None = None) -> Path:
     """The light venv's python, built once per requirement list (about a minute, most of it pip unpacking
     onnxruntime and numpy) and updated with this checkout's wheel on every call (seconds)."""
@@ -92,9 +126,11 @@ def light_venv(root: Path | None = None) -> Path:
         _run([str(python), "-m", "pip", "install", "-q", *reqs], 600)
         (venv / ".complete").write_text("\n".join(reqs) + "\n")
         log.info("built the light venv %s in %.0f s", venv, time.perf_counter() - t0)
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = build_wheel(Path(tmp))
+    wheel = cached_wheel()
+    stamp = venv / ".wheel"  # the wheel installed last: reinstalled only when the checkout changed
+    if not stamp.is_file() or stamp.read_text() != wheel.parent.name:
         _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], 300)
+        stamp.write_text(wheel.parent.name)
     return python
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emlive.bench.dose_sweep import DetectorMode
 from emlive.core.metrics import psnr_fixed, psnr_paper
 from emlive.core.modelcard import load_checkpoint
 from emlive.core.networks import AnyNetwork
@@ -52,15 +53,11 @@ from emlive.core.windows import window_indices
 
 log = logging.getLogger(__name__)
 
-DETECTORS: dict[str, dict[str, Any]] = {
-    "counting": {},
-    "integrating": {"gain": 8.0, "offset": 100.0, "read_noise": 3.0, "correlated_noise": "isotropic"},
-}
-
 
 def simulate(dose: float, detector: str, size: int, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) float64 arrays (T, H, W) of a held-out simulated movie."""
-    cfg = make_config(height=size, width=size, frames=frames, dose=dose, seed=seed, **DETECTORS[detector])
+    mode = DetectorMode(detector)  # the sweep's table of detector settings: one place
+    cfg = make_config(height=size, width=size, frames=frames, dose=dose, seed=seed, **mode.detector())
     movie = SyntheticMovie(cfg)
     noisy = np.stack([np.asarray(movie[t]) for t in range(frames)]).astype(np.float64)
     clean = np.stack([movie.clean(t) for t in range(frames)]).astype(np.float64)
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="A network.head=gaussian model (.pt/.ckpt).")
     parser.add_argument("--dose", type=float, required=True, help="Electrons per pixel per frame.")
-    parser.add_argument("--detector", choices=sorted(DETECTORS), default="counting")
+    parser.add_argument("--detector", choices=[m.value for m in DetectorMode], default=DetectorMode.counting.value)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seed", type=int, default=2001, help="Simulation seed: one the model was not trained on.")

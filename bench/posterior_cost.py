@@ -4,12 +4,19 @@ A random-weight ``network.head=gaussian`` model with a noise model in its card, 
 ``denoise_window`` with the blind estimate and with the posterior, interleaved, and the estimate step alone
 (:func:`emlive.export.estimates.estimate_frame`: the posterior, and the blind estimate with its uncertainty map)
 on a (2, H, W) network output. Medians in ms, as JSON on stdout.
+
+``--against OLD.py`` (another version of ``emlive/core/posterior.py``, e.g. ``git show ca5ddff:core/posterior.py >
+/tmp/posterior_f64.py``, the float64 one) also times its ``posterior()`` against the current one on the same
+realistic frame, interleaved (the machine's load hits both alike), with the largest difference of the means in
+units of each pixel's noise std.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -63,13 +70,59 @@ def measure(width: int, sizes: list[int], repeats: int) -> dict[str, Any]:
     return {"width": width, "backend": den.backend, "device": den.device, "repeats": repeats, "ms_median": rows}
 
 
+def _load_module(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("posterior_against", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--against {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(path: str, size: int, repeats: int) -> dict[str, Any]:
+    """Median ms of ``posterior()`` of the module at ``path`` and of the current one, interleaved, on a realistic
+    integrating-detector frame (5..200 e-, prior 7x tighter to 7x looser than the noise), and their difference."""
+    from emlive.core import posterior as current
+
+    other = _load_module(path)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(5, 200, (size, size))
+    mu = (100 + 2 * x).astype(np.float32)
+    log_var = (np.log(4 * x + 9) + rng.uniform(-2, 2, x.shape)).astype(np.float32)
+    y = (100 + 2 * rng.poisson(x) + rng.normal(0, 3, x.shape)).astype(np.float32)
+    noises = [m.PixelNoise(2.0, 9.0 - 200.0, 100.0, False) for m in (other, current)]
+    times: list[list[float]] = [[], []]
+    outs: list[Any] = [None, None]
+    for i in range(repeats + 2):  # two untimed rounds first
+        for k, module in enumerate((other, current)):
+            t0 = time.perf_counter()
+            outs[k] = module.posterior(mu, log_var, y, noises[k])
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    noise_std = np.sqrt(noises[1].variance(mu))
+    diff = np.abs(outs[0].mean.astype(np.float64) - outs[1].mean) / noise_std
+    return {
+        "size": f"{size}x{size}",
+        "ms_median": {"against": round(1e3 * float(np.median(times[0])), 2),
+                      "current": round(1e3 * float(np.median(times[1])), 2)},
+        "max_abs_diff_in_noise_std": float(diff.max()),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", help="Another core/posterior.py to time posterior() against (A/B).")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.against:
+        rows = [against(args.against, size, max(args.repeats, 20)) for size in sizes]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
     sys.stdout.write(json.dumps(measure(args.width, sizes, args.repeats), indent=2) + "\n")
 
 

@@ -448,6 +448,9 @@ def _model_rows(
     else:
         post = posterior_frames(noisy, todo, m.denoiser)
         found = [(m.label, m.key, post.blind), (m.reopened, m.reopened, post.mean)]
+        default = f"{m.reopened}{DEFAULT_SUFFIX}"  # what `emlive denoise` gives by default: the noise check decides
+        found.append((default, default, post.mean if default_estimate(noisy, m.denoiser) is Estimate.posterior
+                      else post.blind))  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(todo)
     out = []
     for label, key, movie in found:
@@ -460,6 +463,21 @@ def _model_rows(
         stats.noise_check = _noise_check(noisy, post, frames.idx, m.denoiser).to_dict()
         out[1][0].reopen = stats
     return out
+
+
+DEFAULT_SUFFIX = " (default, with fallback)"
+
+
+def default_estimate(noisy: np.ndarray, denoiser: Denoiser) -> Estimate:
+    """The estimate a user gets by default from ``emlive denoise`` on this movie: the posterior when the movie's
+    noise check (:func:`emlive.analysis.uncertainty.noise_check`, the same frames) passes, else the blind output."""
+    from emlive.analysis.uncertainty import noise_check
+    from emlive.core.posterior import decide_estimate
+
+    check = noise_check(noisy, denoiser, 0, len(noisy))
+    chosen = decide_estimate(Estimate.posterior, check, forced=False)
+    log.info("%s: the default output is the %s estimate (%s)", denoiser.source, chosen.value, check.message)
+    return chosen
 
 
 def _noise_check(noisy: np.ndarray, post: _PosteriorMovie, idx: list[int], denoiser: Denoiser) -> NoiseCheck:

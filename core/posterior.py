@@ -54,7 +54,9 @@ CORRELATED_RHO = 0.05  # off-centre normalised correlation above this: the noise
 KERNEL_NOISE_RHO = 0.02  # card kernel entries within this of 0 are measurement noise, left out of sum(kernel)
 POISSON_READ_ELECTRONS2 = 0.5  # read variance (electrons^2, the fit's error included) below this: pure Poisson
 MIN_PRIOR_ELECTRONS = 1e-3  # the exact Poisson branch's prior mean floor (a prior mean <= offset)
+LOG_VAR_CLIP32 = 80.0  # |log prior variance| bound of the float32 posterior (exp(80) = 5.5e34: no overflow)
 CHECK_BLOCK = 16  # px, blocks of the noise check's standard error
+CHECK_FRAMES = 3  # frames the noise check runs on: of each movie offline, the first of each acquisition live
 CHECK_SIGMAS = 5.0  # the noise check flags a ratio this many standard errors from 1 ...
 CHECK_TOLERANCE = 0.15  # ... and off by more than this fraction (a few % is harmless to the posterior)
 
@@ -193,6 +195,14 @@ def to_counts(
     )
 
 
+def _as_float32(name: str, value: np.ndarray | float) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float32)
+    # one float64 sum instead of an isfinite pass: it cannot overflow, and any NaN/inf makes it non-finite
+    if not math.isfinite(float(arr.sum(dtype=np.float64))):
+        return _as_array(name, arr)  # raises, counting the bad values
+    return arr
+
+
 def posterior(
     mu: np.ndarray,
     log_var_prior: np.ndarray,
@@ -204,17 +214,26 @@ def posterior(
 ) -> Posterior:
     """The posterior of the clean pixel values given the prior (``mu``, ``log_var_prior``: log of the variance in
     counts^2) and the ``observed`` pixels (counts); see the module doc. ``exact_below``: expected electrons per
-    pixel under which a pure-Poisson detector gets the exact Poisson-Gamma posterior (0: never)."""
-    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+    pixel under which a pure-Poisson detector gets the exact Poisson-Gamma posterior (0: never).
+
+    In float32 (the runtime's frames are float32; the serving path's cost): the Gaussian posterior as the prior's
+    weight w = s_x^2 / (s_x^2 + s_n^2) in [0, 1], mean = mu + w (y - mu), var = w s_n^2, which neither overflows
+    nor cancels (the log prior variance is clipped to +-LOG_VAR_CLIP32); its error against float64 is a few float32
+    ulps of the pixel values, far below the noise (tests/core/test_posterior.py). Only the exact Poisson-Gamma
+    branch (its pixels alone) runs in float64: alpha = m^2 / v is huge where the prior is tight."""
+    m, lv, y = _as_float32("mu", mu), _as_float32("log_var_prior", log_var_prior), _as_float32("observed", observed)
     _same_shape(mu=m, log_var_prior=lv, observed=y)
     if exact_below < 0:
         raise ConfigError(f"exact_below={exact_below}: must be >= 0 electrons per pixel (0 disables the exact branch)")
-    prior_var = np.exp(np.clip(lv, -700.0, 700.0))
-    noise_var = noise.variance(m)
+    prior_var = np.exp(np.clip(lv, -LOG_VAR_CLIP32, LOG_VAR_CLIP32))
+    noise_var = noise.variance_of(m)
     if not reopen:
-        return _float32(m, prior_var, prior_var, noise_var)
-    mean = (noise_var * m + prior_var * y) / (prior_var + noise_var)
-    var = prior_var * noise_var / (prior_var + noise_var)
+        return _float32(m.copy(), prior_var, prior_var, noise_var)  # never the caller's array
+    weight = prior_var / (prior_var + noise_var)
+    mean = y - m
+    mean *= weight
+    mean += m
+    var = weight * noise_var
     offset = noise.poisson_offset
     if offset is not None and exact_below > 0:
         _exact_poisson(m, prior_var, y, noise.slope, offset, exact_below, mean, var)
@@ -232,14 +251,13 @@ def _exact_poisson(
     var: np.ndarray,
 ) -> None:
     """Overwrite ``mean`` and ``var`` with the Poisson-Gamma posterior where the prior mean is below
-    ``exact_below`` electrons (in counts = offset + gain * electrons)."""
-    electrons = (mu - offset) / gain
-    low = electrons < exact_below
+    ``exact_below`` electrons (in counts = offset + gain * electrons); in float64, on those pixels only."""
+    low = mu < offset + gain * exact_below
     if not np.any(low):
         return
-    m = np.maximum(electrons[low], MIN_PRIOR_ELECTRONS)
-    v = np.maximum(prior_var[low] / gain**2, 1e-12)
-    k = np.maximum((y[low] - offset) / gain, 0.0)
+    m = np.maximum((mu[low].astype(np.float64) - offset) / gain, MIN_PRIOR_ELECTRONS)
+    v = np.maximum(prior_var[low].astype(np.float64) / gain**2, 1e-12)
+    k = np.maximum((y[low].astype(np.float64) - offset) / gain, 0.0)
     alpha, beta = m * m / v, m / v
     mean[low] = offset + gain * (alpha + k) / (beta + 1.0)
     var[low] = gain**2 * (alpha + k) / (beta + 1.0) ** 2
@@ -248,9 +266,9 @@ def _exact_poisson(
 def _float32(mean: np.ndarray, var: np.ndarray, prior_var: np.ndarray, noise_var: np.ndarray) -> Posterior:
     return Posterior(
         mean=np.asarray(mean, dtype=np.float32),
-        std=np.sqrt(var).astype(np.float32),
-        prior_std=np.sqrt(prior_var).astype(np.float32),
-        noise_std=np.sqrt(noise_var).astype(np.float32),
+        std=np.sqrt(var, dtype=np.float32),
+        prior_std=np.sqrt(prior_var, dtype=np.float32),
+        noise_std=np.sqrt(noise_var, dtype=np.float32),
     )
 
 
@@ -355,13 +373,18 @@ class NoiseCheck:
     ) -> NoiseCheck:
         """The check over (..., H, W) arrays in counts (one frame or several; the blind output and its observed
         frame, never a pixel the network saw)."""
-        m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
-        _same_shape(mu=m, log_var_prior=lv, observed=y)
-        if m.ndim < 2:
-            raise InputDataError(f"noise check: arrays of shape {list(m.shape)}; give (H, W) frames or (T, H, W)")
-        residual = (y - m) ** 2
-        predicted = np.exp(np.clip(lv, -700.0, 700.0)) + noise.variance(m)
-        r_blocks, p_blocks = _block_sums(residual, block), _block_sums(predicted, block)
+        parts = check_parts(mu, log_var_prior, observed, noise, block=block)
+        return cls.from_parts([parts], sigmas=sigmas, tolerance=tolerance)
+
+    @classmethod
+    def from_parts(
+        cls, parts: list[CheckParts], *, sigmas: float = CHECK_SIGMAS, tolerance: float = CHECK_TOLERANCE
+    ) -> NoiseCheck:
+        """The check of frames measured apart (:func:`check_parts`: e.g. by the live service's worker processes)."""
+        if not parts:
+            raise InputDataError("noise check: no frames measured; give at least one frame's check_parts")
+        r_blocks = np.concatenate([p.residual_blocks for p in parts])
+        p_blocks = np.concatenate([p.predicted_blocks for p in parts])
         ratio = float(r_blocks.sum() / p_blocks.sum())
         n = r_blocks.size
         if n > 1:  # the ratio estimator's standard error over blocks
@@ -369,7 +392,62 @@ class NoiseCheck:
             se = math.sqrt(spread) / float(p_blocks.mean())
         else:
             se = float("inf")
-        return cls(ratio, se, float(residual.mean()), float(predicted.mean()), int(m.size), sigmas, tolerance)
+        pixels = sum(p.pixels for p in parts)
+        measured, predicted = sum(p.residual_sum for p in parts), sum(p.predicted_sum for p in parts)
+        return cls(ratio, se, measured / pixels, predicted / pixels, pixels, sigmas, tolerance)
+
+
+@dataclass(frozen=True)
+class CheckParts:
+    """What :class:`NoiseCheck` needs of some frames: the block sums of the squared residual and of its predicted
+    variance, their sums over every pixel, and the pixel count (JSON-able: :meth:`to_json`, :meth:`from_json`)."""
+
+    residual_blocks: np.ndarray
+    predicted_blocks: np.ndarray
+    residual_sum: float
+    predicted_sum: float
+    pixels: int
+
+    def to_json(self) -> dict[str, Any]:
+        blocks = {"residual_blocks": self.residual_blocks.tolist(), "predicted_blocks": self.predicted_blocks.tolist()}
+        return {**blocks, "residual_sum": self.residual_sum, "predicted_sum": self.predicted_sum, "pixels": self.pixels}
+
+    @classmethod
+    def from_json(cls, data: Any) -> CheckParts:
+        """Parsed and checked (InputDataError naming what is wrong)."""
+        try:
+            r = np.asarray(data["residual_blocks"], dtype=np.float64)
+            p = np.asarray(data["predicted_blocks"], dtype=np.float64)
+            out = cls(r, p, float(data["residual_sum"]), float(data["predicted_sum"]), int(data["pixels"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputDataError(f"noise check parts: {type(exc).__name__}: {exc}; a bug of the sender") from None
+        if r.ndim != 1 or r.shape != p.shape or out.pixels < 1 or not np.all(np.isfinite(r) & np.isfinite(p)):
+            raise InputDataError(f"noise check parts: {r.shape} and {p.shape} blocks, {out.pixels} pixels: malformed")
+        return out
+
+
+def check_parts(
+    mu: np.ndarray, log_var_prior: np.ndarray, observed: np.ndarray, noise: PixelNoise, *, block: int = CHECK_BLOCK
+) -> CheckParts:
+    """:class:`CheckParts` of (..., H, W) arrays in counts (the blind output, its log prior variance, the observed
+    frame)."""
+    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+    _same_shape(mu=m, log_var_prior=lv, observed=y)
+    if m.ndim < 2:
+        raise InputDataError(f"noise check: arrays of shape {list(m.shape)}; give (H, W) frames or (T, H, W)")
+    residual = (y - m) ** 2
+    predicted = np.exp(np.clip(lv, -700.0, 700.0)) + noise.variance(m)
+    return CheckParts(_block_sums(residual, block), _block_sums(predicted, block), float(residual.sum()),
+                      float(predicted.sum()), int(m.size))  # fmt: skip
+
+
+def decide_estimate(estimate: Estimate, check: NoiseCheck | None, *, forced: bool) -> Estimate:
+    """The one rule of every runtime (offline per movie, batch shards, the live service per acquisition): the
+    ``estimate`` asked for, except that a posterior whose noise check failed falls back to the blind output unless
+    it was ``forced`` (--estimate posterior); no check (no noise model): unchanged."""
+    if estimate is Estimate.posterior and check is not None and not check.ok and not forced:
+        return Estimate.blind
+    return estimate
 
 
 def prior_variance_scale(

@@ -542,6 +542,10 @@ class HeaderCache:
     """The fixed fields of the last frame header :func:`parse_header` accepted, so that :func:`decode` checks
     the next frames of the same stream only where frame headers differ.
 
+    First by its bytes (:class:`_ByteTemplate`): a header whose text is the accepted one's, byte for byte, except
+    for two JSON numbers in the places of ``index`` and ``timestamp`` is that header with those two values (JSON
+    is read the same around any number), so it is not parsed at all. Else by its parsed fields:
+
     A receiver decodes thousands of frames a second whose headers differ only in ``index``, ``timestamp`` and,
     maybe, extra keys. A header is taken from the cache only when every other protocol field is present or
     absent as in the accepted one and holds the same JSON value of the same type (``512`` is not ``512.0``
@@ -552,6 +556,7 @@ class HeaderCache:
 
     def __init__(self) -> None:
         self._template: Header | None = None
+        self._bytes: _ByteTemplate | None = None
         self.layout: _Layout | None = None
         self._absent: tuple[Any, ...] = ()
         self._values: tuple[Any, ...] = ()
@@ -559,8 +564,12 @@ class HeaderCache:
         self._keys = 0  # the protocol fields the template's header had
         self._max = -1
 
-    def remember(self, raw: Mapping[str, Any], header: Header, max_frame_bytes: int, layout: _Layout) -> None:
-        """Keep ``header`` (just accepted by the full check from ``raw``) as the template of the next frames."""
+    def remember(
+        self, raw: Mapping[str, Any], header: Header, max_frame_bytes: int, layout: _Layout, text: Any = None
+    ) -> None:
+        """Keep ``header`` (just accepted by the full check from ``raw``, the JSON ``text`` when given) as the
+        template of the next frames."""
+        self._bytes = None if text is None else _ByteTemplate.of(bytes(text), raw)
         self._absent = (_ABSENT,) * len(_FIXED)
         self._values = tuple(map(raw.get, _FIXED, self._absent))
         self._types = tuple(map(type, self._values))
@@ -581,6 +590,25 @@ class HeaderCache:
         header.__dict__.update(template.__dict__, timestamp=timestamp, index=index, extra=extra)
         return header
 
+    def match(self, parts: Sequence[Part], max_frame_bytes: int, check_finite: bool) -> Message | None:
+        """The frame message ``parts`` when its header is the template's text with other numbers in the places of
+        ``index`` and ``timestamp`` that pass their checks, and its pixels are as many bytes as the template's
+        and, when checked, finite; None otherwise (then decode it the full way, which raises the errors)."""
+        template, layout = self._template, self.layout
+        if self._bytes is None or template is None or layout is None or max_frame_bytes != self._max:
+            return None
+        if len(parts) != 2:
+            return None
+        found = self._bytes.values(_part_bytes(parts[0]))
+        if found is None:
+            return None
+        data = _pixels_or_none(parts[1], layout, check_finite)
+        if data is None:
+            return None
+        header = object.__new__(Header)  # (as in lookup)
+        header.__dict__.update(template.__dict__, index=found[0], timestamp=found[1], extra=dict(template.extra))
+        return Message(header, data)
+
     def _same_fixed(self, raw: Mapping[str, Any], shape: tuple[int, int] | None) -> bool:
         values = tuple(map(raw.get, _FIXED, self._absent))  # (C loops: a per-frame cost)
         if values != self._values or tuple(map(type, values)) != self._types:
@@ -597,6 +625,67 @@ class HeaderCache:
         )
 
 
+_JSON_INT = rb"(0|[1-9][0-9]{0,15})"  # an index: 16 digits at most (MAX_INDEX has 16)
+_JSON_NUMBER = rb"(-?(?:0|[1-9][0-9]{0,24})(?:\.[0-9]{1,40})?(?:[eE][-+]?[0-9]{1,4})?)"  # a timestamp, bounded
+
+
+class _ByteTemplate:
+    """The text of an accepted frame header as a pattern: its bytes, with the JSON numbers of ``index`` and
+    ``timestamp`` as the only places that may differ (a JSON number of bounded length each).
+
+    Sound because JSON reads any text around a number token the same way whatever the number is: a header that
+    matches parses to the template's object with the two numbers replaced, which :meth:`of` checks on a probe;
+    the two numbers then get the checks of :func:`_index` and :func:`_number` (anything they would refuse: None).
+    """
+
+    def __init__(self, pattern: re.Pattern[bytes], index_first: bool) -> None:
+        self._pattern, self._index_first = pattern, index_first
+
+    @classmethod
+    def of(cls, text: bytes, raw: Mapping[str, Any]) -> _ByteTemplate | None:
+        """The template of ``text`` (which parsed to ``raw``), or None when its two numbers cannot be located
+        with certainty (a key written with escapes, a number in another form): such headers are parsed."""
+        if len(text) > MAX_HEADER_BYTES:
+            return None
+        spans: dict[str, tuple[int, int]] = {}
+        for key in ("index", "timestamp"):
+            found = list(re.finditer(rb'"' + key.encode() + rb'"[ \t\n\r]*:[ \t\n\r]*(-?[0-9][0-9.eE+-]*)', text))
+            if not found:
+                return None
+            spans[key] = found[-1].span(1)  # (JSON keeps the last of repeated keys; the probe below checks it)
+        (a, b), (c, d) = sorted(spans.values())
+        if b > c:
+            return None
+        index_first = spans["index"][0] == a
+        pieces = (text[:a], text[b:c], text[d:])
+        slots = (_JSON_INT, _JSON_NUMBER) if index_first else (_JSON_NUMBER, _JSON_INT)
+        probe_values = (b"12345", b"67890.5") if index_first else (b"67890.5", b"12345")
+        probe = pieces[0] + probe_values[0] + pieces[1] + probe_values[1] + pieces[2]
+        try:
+            parsed = _DECODER.decode(probe.decode("utf-8"))
+        except ValueError:
+            return None
+        if parsed != {**raw, "index": 12345, "timestamp": 67890.5}:
+            return None
+        pattern = re.escape(pieces[0]) + slots[0] + re.escape(pieces[1]) + slots[1] + re.escape(pieces[2])
+        return cls(re.compile(pattern), index_first)
+
+    def values(self, text: bytes | memoryview) -> tuple[int, float] | None:
+        """``(index, timestamp)`` of a header ``text`` that matches and whose two values pass their checks."""
+        found = self._pattern.fullmatch(text) if len(text) <= MAX_HEADER_BYTES else None
+        if found is None:
+            return None
+        first, second = found.groups()
+        index_text, time_text = (first, second) if self._index_first else (second, first)
+        index = int(index_text)
+        if index > MAX_INDEX:
+            return None
+        timestamp = float(time_text)  # (an integer or not: the same float json's value gives after _number)
+        if not math.isfinite(timestamp):
+            return None
+        return index, timestamp
+
+
 def decode(
     parts: Sequence[Part],
     *,
@@ -610,9 +699,14 @@ def decode(
     float frames holding NaN or inf are refused. ``cache``: a :class:`HeaderCache` of this stream, so repeated
     frame headers are checked only where they differ (the same verdicts, in less time).
     """
+    if cache is not None:
+        fast = cache.match(parts, max_frame_bytes, check_finite)
+        if fast is not None:
+            return fast
     if not parts:
         raise ProtocolError("empty message: a message needs a JSON header part", "bad_parts")
-    raw = parse_json_object(_part_bytes(parts[0]))
+    text = _part_bytes(parts[0])
+    raw = parse_json_object(text)
     header = None if cache is None else cache.lookup(raw, max_frame_bytes)
     layout = None if header is None or cache is None else cache.layout
     if header is None:
@@ -630,12 +724,15 @@ def decode(
     if layout is None:
         layout = _Layout.of(header)
         if cache is not None:
-            cache.remember(raw, header, max_frame_bytes, layout)
+            cache.remember(raw, header, max_frame_bytes, layout, text)
     return Message(header, _pixels(raw, parts[1], layout, check_finite))
 
 
 def _pixels(raw: Mapping[str, Any], part: Part, layout: _Layout, check_finite: bool) -> np.ndarray:
     """The frame's pixels: a read-only (H, W) view on ``part``, checked for size (and NaN/inf)."""
+    data = _pixels_or_none(part, layout, check_finite)
+    if data is not None:
+        return data
     buf = _part_buffer(part)
     expected = layout.nbytes
     if buf.nbytes != expected:
@@ -645,15 +742,24 @@ def _pixels(raw: Mapping[str, Any], part: Part, layout: _Layout, check_finite: b
             f"{expected} bytes ({reason}); send exactly H*W*itemsize bytes in C order",
             reason,
         )
+    finite = np.isfinite(np.ndarray(layout.shape, layout.dtype, buf))
+    raise ProtocolError(
+        f"{_where(raw)}: {int(finite.size - np.count_nonzero(finite))} pixel(s) are NaN or inf; frames must hold "
+        "finite values (mask dead pixels with a finite value before sending)",
+        "not_finite",
+    )
+
+
+def _pixels_or_none(part: Part, layout: _Layout, check_finite: bool) -> np.ndarray | None:
+    """The frame's pixels, a read-only (H, W) view on ``part``, when they are the layout's size and (checked, for
+    float types) finite; None otherwise (:func:`_pixels` says why)."""
+    buf = _part_buffer(part)
+    if buf.nbytes != layout.nbytes:
+        return None
     data = np.ndarray(layout.shape, layout.dtype, buf)
     data.flags.writeable = False  # the buffer belongs to the message (and maybe to other readers of it)
     if check_finite and layout.finite_checked and not np.isfinite(data).all():
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise ProtocolError(
-            f"{_where(raw)}: {bad} pixel(s) are NaN or inf; frames must hold finite values (mask dead pixels with a "
-            "finite value before sending)",
-            "not_finite",
-        )
+        return None
     return data
 
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -380,6 +381,10 @@ class Denoiser:
         self.tile = check_tile(chosen, cfg)
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self._plans: dict[tuple[int, int], list[Tile]] = {}
+        # one window at a time: the buffers (and the engine's IOBindings) are shared, so a second thread (a
+        # service's idle warm-up beside a caller's own offline run, a GUI and a worker) waits instead of
+        # overwriting the window being denoised
+        self._lock = threading.RLock()
         self.channels = cfg.out_channels  # network outputs: 1, or 2 for head=gaussian (mean, log prior variance)
         self.noise = card_noise(card, source)  # the card's pixel noise model (counts), None without one
         self.estimate = choose_estimate(estimate, card, self.noise, source)  # what the plain calls return
@@ -564,9 +569,10 @@ class Denoiser:
     def denoise_normalized(self, frames: np.ndarray) -> np.ndarray:
         """The network alone: (N, H, W) z-scored float32 frames -> (H, W) float32 in the center frame's z-units."""
         arr = self._validate_window(frames)
-        buf = self._input_buffer((arr.shape[1], arr.shape[2]))
-        np.copyto(buf[0], arr, casting="same_kind")
-        return self._run(buf)[0].copy()
+        with self._lock:
+            buf = self._input_buffer((arr.shape[1], arr.shape[2]))
+            np.copyto(buf[0], arr, casting="same_kind")
+            return self._run(buf)[0].copy()
 
     @overload
     def denoise_window(self, window: np.ndarray, *, uncertainty: Literal[False] = False) -> np.ndarray: ...
@@ -582,15 +588,17 @@ class Denoiser:
         (the denoiser's :attr:`estimate`). ``uncertainty=True``: a :class:`~emlive.export.estimates.Denoised`
         (the frame and its std; needs a ``head=gaussian`` model)."""
         arr = self._validate_window(window)
-        buf = self._input_buffer((arr.shape[1], arr.shape[2]))
-        center = (0.0, 1.0)
-        for i in range(self.frames):
-            stats = self._stats(arr[i], f"frame {i} of the window")
-            self._normalize_into(arr[i], *stats, buf[0, i])
-            if i == self.frames // 2:
-                center = stats
-        raw = arr[self.frames // 2]
-        return self._output(self._run(buf), *center, lambda: raw.astype(np.float32), self.estimate, uncertainty)
+        with self._lock:
+            buf = self._input_buffer((arr.shape[1], arr.shape[2]))
+            center = (0.0, 1.0)
+            for i in range(self.frames):
+                stats = self._stats(arr[i], f"frame {i} of the window")
+                self._normalize_into(arr[i], *stats, buf[0, i])
+                if i == self.frames // 2:
+                    center = stats
+            raw = arr[self.frames // 2]
+            z = self._run(buf)
+            return self._output(z, *center, lambda: raw.astype(np.float32), self.estimate, uncertainty)
 
     def _output(
         self,
@@ -864,8 +872,9 @@ class FrameStream:
         center = indices[n // 2]
         assert center is not None
         mean, std = self._stats[center % n]
-        z = self._den._run(self._input(indices))
-        return self._den._output(z, mean, std, lambda: self._observed(center), self.estimate, uncertainty)
+        with self._den._lock:  # (the denoiser's buffers; this stream's own ring is its caller's)
+            z = self._den._run(self._input(indices))
+            return self._den._output(z, mean, std, lambda: self._observed(center), self.estimate, uncertainty)
 
     def _observed(self, index: int) -> np.ndarray:
         """The raw frame ``index`` as float32 (kept for the posterior only)."""

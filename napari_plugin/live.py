@@ -1,4 +1,6 @@
-"""The napari Live widget: the raw and denoised frames of a running ``emlive serve``, at display rate.
+"""The napari Live widget: the raw and denoised frames of a running ``emlive serve``, at display rate; with
+``emlive serve --uncertainty`` (a network.head=gaussian model) also each denoised frame's std map, as an
+"uncertainty" layer (magma, additive, half opacity) over the denoised layer, added when the first map arrives.
 
 Data flow, and why it keeps up::
 
@@ -51,9 +53,9 @@ from emlive.core.protocol import HeaderCache, ProtocolError, connect, decode, op
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "tcp://127.0.0.1:5556"  # `emlive serve --output`'s default (a test keeps them equal)
-LAYER_NAMES = ("raw", "denoised")
+LAYER_NAMES = ("raw", "denoised", "uncertainty")
 MAX_DRAIN = 256  # messages read per round before the newest pair is handed over
-RECEIVE_HWM = 16  # messages the SUB socket may hold (8 raw+denoised pairs): bounded memory
+RECEIVE_HWM = 24  # messages the SUB socket may hold (8 raw+denoised+uncertainty triples): bounded memory
 POLL_MS = 100
 DISPLAY_INTERVAL_MS = 10  # the GUI timer: a new pair is shown within 10 ms of arriving (up to 100 frames/s)
 LABEL_INTERVAL_S = 0.5
@@ -61,6 +63,8 @@ SYNC_INTERVAL_S = 1.0  # a full napari refresh of each layer (slice, thumbnail) 
 _TEXTURE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))  # vispy takes these as they are
 STALE_AFTER_S = 3.0  # no frame for this long: "waiting for frames"
 GAP_FRACTION = 0.05  # the gap between the raw and the denoised image, as a fraction of the frame width
+# the uncertainty map's layer: its own colour scale, over the denoised layer (napari's names)
+MAP_LAYER = {"colormap": "magma", "blending": "additive", "opacity": 0.5}
 CONTRAST_PERCENTILES = (0.5, 99.5)
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
@@ -167,6 +171,8 @@ class LiveReceiver:
                     self._drain_status()
                 if self._sub in events:
                     self._drain_frames()
+                else:
+                    self._release_overdue()
         except Exception as exc:  # any failure is handed to the GUI thread, never lost
             if self._stop.is_set():
                 return  # the sockets were closed under a poll that was ending anyway
@@ -194,6 +200,13 @@ class LiveReceiver:
         if status is not None:
             with self._lock:
                 self.state.status = status
+
+    def _release_overdue(self) -> None:
+        """A denoised pair whose uncertainty map did not come is shown without it (the tracker's rule)."""
+        pair = self._pairs.overdue(time.time())
+        if pair is not None:
+            with self._lock:
+                self._newest = pair
 
     def _drain_frames(self) -> None:
         newest: Pair | None = None
@@ -353,7 +366,7 @@ class LiveWidget(QWidget):
     def _show(self, pair: Pair) -> None:
         reset = self._reset_contrast
         self._reset_contrast = False
-        for name, msg in zip(LAYER_NAMES, (pair.raw, pair.denoised), strict=True):
+        for name, msg in zip(LAYER_NAMES, (pair.raw, pair.denoised, pair.uncertainty), strict=True):
             if msg is None or msg.data is None:
                 continue
             self._set_layer(name, msg.data, reset)
@@ -381,10 +394,11 @@ class LiveWidget(QWidget):
         else:  # a new layer, frame size or pixel type (or the layer's data was replaced): the slow path, once
             buffer = self._buffers[name] = np.array(data)  # writable, C-contiguous, the frame's dtype
             if layer is None:
-                layer = self.viewer.add_image(buffer, name=name, colormap="gray")
+                style = MAP_LAYER if name == "uncertainty" else {"colormap": "gray"}
+                layer = self.viewer.add_image(buffer, name=name, **style)
             else:
                 layer.data = buffer
-            if name == "denoised":  # beside the raw image
+            if name != "raw":  # beside the raw image (the map over the denoised one)
                 layer.translate = (0.0, data.shape[1] * (1.0 + GAP_FRACTION))
             self.viewer.reset_view()
             reset = True

@@ -85,7 +85,11 @@ def register(app: typer.Typer) -> None:
         record: Path | None = typer.Option(
             None, "--record", help="Record to PATH (.mrc/.tif): one file per acquisition and kind."
         ),
-        record_what: RecordWhat = typer.Option(RecordWhat.raw, "--record-what", help="Which frames to record."),
+        record_what: RecordWhat = typer.Option(
+            RecordWhat.raw,
+            "--record-what",
+            help="Which frames to record (denoised and both also keep the --uncertainty maps, PATH-ACQ-uncertainty).",
+        ),
         record_fsync: bool = typer.Option(
             False, "--record-fsync", help="Force every recorded frame to disk (survives a power cut; slower)."
         ),
@@ -185,6 +189,7 @@ def register(app: typer.Typer) -> None:
             status_interval_s=status_interval,
             curve_server=_curve_server(curve_secret, curve_clients),
             curve_client=_curve_client(curve_detector_key, curve_client_secret),
+            freeze_gc=True,  # a process of its own: no full scans of the loaded objects (emlive.stream.gcpauses)
         )
         service = DenoiseService(config)
         _install_signal_handlers(service.request_stop)
@@ -203,6 +208,9 @@ def register(app: typer.Typer) -> None:
             DetectorMode.pub, "--mode", help="pub (XPUB, SUB clients) or push (one PULL consumer)."
         ),
         loop: bool = typer.Option(False, "--loop", help="Send the movie again and again (new acquisition each pass)."),
+        continuous: bool = typer.Option(
+            False, "--continuous", help="With --loop: one endless acquisition, the movie played forward and back."
+        ),
         frames: int | None = typer.Option(None, "--frames", help="Stop after this many frames in total."),
         acquisition: str | None = typer.Option(None, "--acquisition", help="Acquisition id (default: acq-<time>)."),
         malformed_every: int = typer.Option(0, "--malformed-every", help="Send a malformed message every K frames."),
@@ -229,6 +237,7 @@ def register(app: typer.Typer) -> None:
             fps=fps,
             mode=mode,  # validated by DetectorConfig.validate
             loop=loop,
+            continuous=continuous,
             frames=frames,
             acquisition=acquisition,
             malformed_every=malformed_every,

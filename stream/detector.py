@@ -2,8 +2,10 @@
 
 It feeds the live service in tests, benchmarks and the demo, and stands in for a detector when developing a
 client. Each pass over the movie is one acquisition: a ``start`` message, the frames (``index`` 0..T-1), an
-``end`` message. With ``loop`` the movie is sent again as acquisition ``<id>.1``, ``<id>.2``, ...; ``frames``
-caps the total number of frames sent.
+``end`` message. With ``loop`` the movie is sent again as acquisition ``<id>.1``, ``<id>.2``, ...; with
+``continuous`` too, it is one endless acquisition instead, as a camera's live view is: the movie played forward
+and back (:func:`continuous_order`: the scene never jumps), indices counting on. ``frames`` caps the total number
+of frames sent.
 
 Pacing is deadline based: frame k is due at ``t0 + k / fps`` on a monotonic clock, so rounding and scheduling
 delays never accumulate (no drift). A frame that could not be sent on time (a slow source, back-pressure) is
@@ -22,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,8 @@ class DetectorConfig:
 
     ``source`` is a movie file (any format :func:`emlive.core.readers.open_movie` reads) or ``"synthetic"``
     (the :class:`emlive.core.simulate.SyntheticMovie` generator with ``size``, ``synthetic_frames``, ``dose``,
-    ``seed``). ``wait_subscribers`` (PUB mode) holds the first frame until that many subscribers are connected
+    ``seed``). ``continuous`` (with ``loop``): one endless acquisition (module docstring).
+    ``wait_subscribers`` (PUB mode) holds the first frame until that many subscribers are connected
     (at most ``wait_timeout_s``), so nothing is sent into the void.
     """
 
@@ -76,6 +80,7 @@ class DetectorConfig:
     fps: float = 10.0
     mode: DetectorMode = DetectorMode.pub
     loop: bool = False
+    continuous: bool = False
     frames: int | None = None
     acquisition: str | None = None
     malformed_every: int = 0
@@ -97,6 +102,8 @@ class DetectorConfig:
             raise ConfigError(f"detector mode {self.mode!r}: use 'pub' or 'push'") from None
         if not (self.fps >= 0 and np.isfinite(self.fps)):
             raise ConfigError(f"fps={self.fps}: must be a finite number >= 0 (0 sends as fast as possible)")
+        if self.continuous and not self.loop:
+            raise ConfigError("continuous: sends the movie as one endless acquisition, a way of looping; add --loop")
         if self.frames is not None and self.frames < 1:
             raise ConfigError(f"frames={self.frames}: must be >= 1 (or unset for the whole movie)")
         if self.malformed_every < 0:
@@ -303,70 +310,17 @@ class DetectorSimulator:
         n_movie = movie.shape[0]
         total = cfg.frames if cfg.frames is not None else (None if cfg.loop else n_movie)
         base = cfg.acquisition or time.strftime("acq-%Y%m%d-%H%M%S")
-        period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
-        t0 = time.perf_counter()
-        k = 0  # frames scheduled since t0
+        self._pacer = _Pacer(cfg.fps)
         passes = 0
-        last_log = t0
         while not self._stop.is_set() and (total is None or self.sent_frames < total):
             acq = base if passes == 0 else f"{base}.{passes}"
             passes += 1
-            self.acquisitions.append(acq)
-            first = np.asarray(movie.frame(0))
             remaining = None if total is None else total - self.sent_frames
+            if cfg.continuous:
+                self._send_acquisition(acq, continuous_order(n_movie, remaining), remaining)
+                break
             n_this = n_movie if remaining is None else min(n_movie, remaining)
-            start_extra = {"frames": n_this, "fps": cfg.fps, "source": str(movie.path)}
-            self._send(
-                encode(
-                    event_header(
-                        "start",
-                        acq,
-                        shape=first.shape,
-                        dtype=first.dtype,
-                        pixel_size_nm=movie.pixel_size_nm,
-                        extra=start_extra,
-                    )
-                )
-            )
-            sent_here = 0
-            for t in range(n_this):
-                if self._stop.is_set():
-                    break
-                if period:
-                    due = t0 + k * period
-                    delay = due - time.perf_counter()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
-                    lateness = time.perf_counter() - due
-                    if lateness > period:
-                        self.late_frames += 1
-                    if lateness > max(1.0, 2 * period):
-                        logger.warning(
-                            "detector: %.2f s behind schedule at frame %d of %s; restarting the schedule from now",
-                            lateness,
-                            t,
-                            acq,
-                        )
-                        t0 = time.perf_counter() - k * period
-                frame = np.ascontiguousarray(movie.frame(t))
-                k += 1
-                if cfg.malformed_every and k % cfg.malformed_every == 0:
-                    self._send(self._malformed(acq, t, frame))
-                    self.malformed_sent += 1
-                if not self._send(encode_frame(frame, acq, t, pixel_size_nm=movie.pixel_size_nm)):
-                    break
-                self.sent_frames += 1
-                sent_here += 1
-                now = time.perf_counter()
-                if now - last_log > 5.0:
-                    last_log = now
-                    logger.info(
-                        "detector: %d frames sent (%.1f fps), %d late",
-                        self.sent_frames,
-                        self.sent_frames / max(now - t0, 1e-9),
-                        self.late_frames,
-                    )
-            self._send(encode(event_header("end", acq, index=max(sent_here - 1, 0), extra={"frames": sent_here})))
+            self._send_acquisition(acq, iter(range(n_this)), n_this)
             if not cfg.loop:
                 break
         logger.info(
@@ -376,6 +330,57 @@ class DetectorSimulator:
             self.late_frames,
             self.malformed_sent,
         )
+
+    def _send_acquisition(self, acq: str, order: Iterator[int], announced: int | None) -> None:
+        """One acquisition: ``start`` (announcing ``announced`` frames; None: endless), the movie frames ``order``
+        names as indices 0, 1, ... at the configured rate, ``end``."""
+        movie = self._movie
+        assert movie is not None
+        self.acquisitions.append(acq)
+        first = np.asarray(movie.frame(0))
+        start_extra: dict[str, Any] = {"fps": self.config.fps, "source": str(movie.path)}
+        if announced is not None:
+            start_extra["frames"] = announced
+        start = event_header(
+            "start", acq, shape=first.shape, dtype=first.dtype, pixel_size_nm=movie.pixel_size_nm, extra=start_extra
+        )
+        self._send(encode(start))
+        sent_here = 0
+        for t in order:
+            if self._stop.is_set() or not self._send_frame(acq, sent_here, t):
+                break
+            sent_here += 1
+        self._send(encode(event_header("end", acq, index=max(sent_here - 1, 0), extra={"frames": sent_here})))
+
+    def _send_frame(self, acq: str, index: int, t: int) -> bool:
+        """Wait for frame ``index``'s time and send movie frame ``t`` as it; False when stopped."""
+        movie = self._movie
+        assert movie is not None
+        late = self._pacer.wait(self._stop)
+        if late is None:
+            return False
+        if late > self._pacer.period:
+            self.late_frames += 1
+        if late > max(1.0, 2 * self._pacer.period):
+            logger.warning(
+                "detector: %.2f s behind schedule at frame %d of %s; restarting the schedule from now", late, index, acq
+            )
+            self._pacer.restart()
+        frame = np.ascontiguousarray(movie.frame(t))
+        if self.config.malformed_every and self._pacer.k % self.config.malformed_every == 0:
+            self._send(self._malformed(acq, index, frame))
+            self.malformed_sent += 1
+        if not self._send(encode_frame(frame, acq, index, pixel_size_nm=movie.pixel_size_nm)):
+            return False
+        self.sent_frames += 1
+        if self._pacer.log_due():
+            logger.info(
+                "detector: %d frames sent (%.1f fps), %d late",
+                self.sent_frames,
+                self.sent_frames / self._pacer.elapsed(),
+                self.late_frames,
+            )
+        return True
 
     def _malformed(self, acq: str, t: int, frame: np.ndarray) -> list[Any]:
         """One protocol violation (rotating through :data:`MALFORMED_KINDS`), for robustness tests."""
@@ -410,6 +415,54 @@ class DetectorSimulator:
         if kind == "bad_protocol":
             return [hdr(protocol="emlive/0"), payload]
         return [hdr(), payload, b"extra part"]
+
+
+def continuous_order(n_movie: int, total: int | None) -> Iterator[int]:
+    """The movie positions of a continuous loop: forward then back, without repeating the ends (0, 1, ..., T-1,
+    T-2, ..., 1, 0, 1, ...), so consecutive frames always neighbour each other in the movie (no jump of the scene
+    from the last frame to the first); ``total`` positions (None: endless)."""
+    cycle = max(1, 2 * n_movie - 2)
+    k = 0
+    while total is None or k < total:
+        t = k % cycle
+        yield t if t < n_movie else cycle - t
+        k += 1
+
+
+class _Pacer:
+    """Deadline pacing (module docstring): frame k is due at ``t0 + k / fps``; ``fps=0``: no waiting."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.t0 = self._last_log = time.perf_counter()
+        self.k = 0  # frames scheduled since t0
+
+    def wait(self, stop: threading.Event) -> float | None:
+        """Wait until the next frame is due; its lateness in seconds (0 without pacing), None when stopped."""
+        late = 0.0
+        if self.period:
+            due = self.t0 + self.k * self.period
+            delay = due - time.perf_counter()
+            if delay > 0 and stop.wait(delay):
+                return None
+            late = time.perf_counter() - due
+        self.k += 1
+        return late
+
+    def restart(self) -> None:
+        """Far behind: the frame just scheduled is due now (no burst to catch up)."""
+        self.t0 = time.perf_counter() - (self.k - 1) * self.period
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.t0, 1e-9)
+
+    def log_due(self) -> bool:
+        """True every 5 s (the progress line)."""
+        now = time.perf_counter()
+        if now - self._last_log <= 5.0:
+            return False
+        self._last_log = now
+        return True
 
 
 class _Drop:

@@ -51,6 +51,7 @@ import numpy as np
 import zmq
 
 from emlive.core.errors import ConfigError, EmliveError
+from emlive.core.posterior import CheckParts
 from emlive.core.processes import ChildProcesses, describe_exit
 from emlive.core.protocol import encode_json, parse_json_object
 from emlive.stream.inferworker import (
@@ -64,6 +65,7 @@ from emlive.stream.inferworker import (
     frame_from,
     identity,
 )
+from emlive.stream.livecheck import LiveChecks
 from emlive.stream.telemetry import Telemetry
 from emlive.stream.window import WindowJob, live_selection
 
@@ -126,6 +128,7 @@ class Flight:
     job: WindowJob
     worker: Worker
     sent: float
+    sample: bool = False  # the worker measures this frame for the acquisition's noise check
 
 
 class RemoteModel:
@@ -138,6 +141,10 @@ class RemoteModel:
         self.device = f"{fanout.settings.workers} workers x {info['device']}"
         network = SimpleNamespace(width=info.get("width"), blind_spot=tuple(info.get("blind_spot") or ()))
         self.card = SimpleNamespace(name=info["name"], network=network)
+        # what the live noise check needs to know (emlive.stream.livecheck): the workers measure, the service decides
+        self.channels = int(info.get("channels", 1))
+        self.estimate = str(info.get("estimate", "blind"))
+        self.has_noise_model = bool(info.get("noise_model", False))
         self._fanout = fanout
 
     def denoise_window(self, window: np.ndarray) -> np.ndarray:
@@ -167,6 +174,9 @@ class FanOut:
         self._waiting: deque[tuple[int, WindowJob]] = deque()  # lossless: ticketed jobs waiting for credit
         self._pending: list[WindowJob] = []  # live: the newest window(s) waiting for a free worker
         self._next_check = 0.0
+        # the service's per-acquisition noise check and its view of the workers' model (set by the service)
+        self.live_checks: LiveChecks | None = None
+        self.model: Any = None
 
     # --- start and stop ----------------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -339,6 +349,11 @@ class FanOut:
         header = {"ticket": ticket, "run": job.run, "shape": list(data.shape), "dtype": data.dtype.str,
                   "indices": job.indices, "push": push}  # fmt: skip
         frames = [np.ascontiguousarray(by_index[i].data) for i in push]
+        estimate, sample = (None, False) if self.live_checks is None else self.live_checks.plan(self.model, job)
+        if estimate is not None:  # the acquisition's, as the service's noise check decides (emlive.stream.livecheck)
+            header["estimate"], header["sample"] = estimate.value, sample
+        if sample:  # measured for the check: the raw center frame goes last
+            frames.append(np.ascontiguousarray(data))
         if not self._send(worker, [JOB, encode_json(header), *frames]):  # that worker is lost now
             if self.lossless:
                 self._waiting.appendleft((ticket, job))
@@ -350,7 +365,7 @@ class FanOut:
         worker.in_flight += 1
         worker.frames_sent += len(push)
         self.telemetry.count("worker_frames_sent", len(push))
-        self._flights[ticket] = Flight(job, worker, time.perf_counter())
+        self._flights[ticket] = Flight(job, worker, time.perf_counter(), sample)
 
     def _send(self, worker: Worker, parts: list[Any]) -> bool:
         assert self._sock is not None
@@ -410,6 +425,8 @@ class FanOut:
         if len(parts) != 1:
             raise EmliveError(f"result {ticket} has {len(parts)} pixel parts, not 1")
         out = frame_from(parts[0].buffer, (shape[0], shape[1]), np.dtype(np.float32), f"result {ticket}")
+        if flight.sample and self.live_checks is not None and "check" in header:
+            self.live_checks.add_parts(self.model, flight.job, CheckParts.from_json(header["check"]))
         now = time.perf_counter()
         infer_s = min(max(0.0, float(header.get("infer_s", 0.0))), now - flight.sent)
         worker.done += 1

@@ -17,10 +17,14 @@ The wire (multipart messages; the ROUTER adds or strips the DEALER's identity; h
 :func:`emlive.core.protocol.encode_json`), documented in docs/protocol.md "Inference workers":
 
 * service -> worker: ``[b"job", header, frame...]`` with header ``{"ticket", "run", "shape", "dtype",
-  "indices", "push"}`` (``push``: the indices of the frames that follow, raw pixels in ``dtype``);
+  "indices", "push"}`` (``push``: the indices of the frames that follow, raw pixels in ``dtype``), plus, for a
+  variance-head model, ``"estimate"`` (the acquisition's, as the service's noise check decides,
+  :mod:`emlive.stream.livecheck`) and ``"sample"`` (true: the raw center frame follows last, to be measured);
   ``[b"warm", {"shape", "dtype"}]``; ``[b"stop"]``.
-* worker -> service: ``[b"hello", {"index", "pid", "model"}]``; ``[b"result", {"ticket", "infer_s"}, float32
-  pixels]``; ``[b"error", {"ticket", "error"}]``; ``[b"beat", {"index"}]``.
+* worker -> service: ``[b"hello", {"index", "pid", "model"}]`` (``model`` also says ``channels``, ``estimate``,
+  ``noise_model``); ``[b"result", {"ticket", "infer_s"}, float32 pixels]`` (a sampled job also carries
+  ``"check"``: :class:`emlive.core.posterior.CheckParts` as JSON); ``[b"error", {"ticket", "error"}]``;
+  ``[b"beat", {"index"}]``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ import zmq
 
 from emlive.core.errors import EmliveError
 from emlive.core.pixeltypes import check_pixel_type
+from emlive.core.posterior import Estimate
 from emlive.core.protocol import encode_json, parse_json_object
+from emlive.stream.livecheck import measure_parts
 
 logger = logging.getLogger("emlive.stream.inferworker")
 
@@ -144,16 +150,27 @@ class InferWorker:
             shape, dtype = parse_frame_spec(header)
             stream = self._stream_for(shape, dtype, int(header["run"]))
             push = [int(i) for i in header["push"]]
-            if len(push) != len(buffers):
+            sample = bool(header.get("sample", False))  # the raw center frame comes last, for the noise check
+            if len(push) + sample != len(buffers):
                 raise EmliveError(f"job {ticket}: {len(push)} frame indices for {len(buffers)} frames")
-            for idx, buf in zip(push, buffers, strict=True):
+            for idx, buf in zip(push, buffers[: len(push)], strict=True):
                 stream.push(frame_from(buf.buffer, shape, dtype, f"frame {idx}"), idx)
+            if "estimate" in header:  # the acquisition's, as the service's noise check decides
+                stream.estimate = Estimate(header["estimate"])
             start = time.perf_counter()
-            out = np.ascontiguousarray(stream.denoise(header["indices"]), dtype=np.float32)
+            reply: dict[str, Any] = {"ticket": ticket}
+            if sample:
+                found = stream.denoise(header["indices"], uncertainty=True)
+                raw = frame_from(buffers[-1].buffer, shape, dtype, "the center frame")
+                reply["check"] = measure_parts(found.prior_mean, found.prior_std, raw, self.den.noise).to_json()
+                found = found.mean
+            else:
+                found = stream.denoise(header["indices"])
+            out = np.ascontiguousarray(found, dtype=np.float32)
             infer_s = time.perf_counter() - start
         except (EmliveError, KeyError, ValueError, TypeError) as exc:
             return [ERROR, encode_json({"ticket": ticket, "error": f"{type(exc).__name__}: {exc}"})]
-        return [RESULT, encode_json({"ticket": ticket, "infer_s": infer_s}), out]
+        return [RESULT, encode_json({**reply, "infer_s": infer_s}), out]
 
     def _stream_for(self, shape: tuple[int, int], dtype: np.dtype[Any], run: int) -> Any:
         """The ring for this frame size (a new one for a new size or type; reset for a new run)."""
@@ -226,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     beat.start()
     try:
         torch = "torch" in sys.modules  # False for ONNX/TensorRT models once the runtime is torch-free
-        model = {**model_info(cast(Any, den), args.model), "torch_imported": torch}
+        model = {**model_info(cast(Any, den), args.model), "torch_imported": torch, "channels": den.channels,
+                 "estimate": den.estimate.value, "noise_model": den.noise is not None}  # (the live noise check)
         hello = {"index": args.index, "pid": os.getpid(), "model": model}
         sock.send_multipart([HELLO, encode_json(hello)])
         logger.info("worker %d (pid %d) serving %s on %s", args.index, os.getpid(), args.model, den.device)

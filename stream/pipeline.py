@@ -31,6 +31,7 @@ from emlive.core.protocol import Header, HeaderCache, Message, ProtocolError, de
 from emlive.stream.errorlog import ErrorLog
 from emlive.stream.headerjson import HeaderJson
 from emlive.stream.inputqueue import InputQueue, Item
+from emlive.stream.livecheck import LiveChecks
 from emlive.stream.modelslot import DenoiserLike, ModelSlot
 from emlive.stream.recording import Recorder
 from emlive.stream.telemetry import Telemetry
@@ -45,6 +46,8 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)  # (an enum operation per frame o
 # a published frame's header fields that change from frame to frame, in the order _header writes the last eight
 _PUBLISHED = ("timestamp", "index", "window", "flushed", "seq", "received_at", "infer_ms", "latency_ms", "age_ms",
               "published_at")  # fmt: skip
+# the published fields written rounded, to these decimals (times in ms to the microsecond, wall times to the us)
+_DECIMALS = {"received_at": 6, "infer_ms": 3, "latency_ms": 3, "age_ms": 3, "published_at": 6}
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per frame (json.dumps(**kw))
 SUBSCRIPTIONS_EVERY_S = 0.01
 _RESET_WHAT = {"restart": "index sequence restarted", "shape": "frame shape", "dtype": "pixel type"}
@@ -134,6 +137,8 @@ class Pipeline:
         self._base: tuple[Any, dict[str, Any]] = (None, {})  # the output header's repeated fields (_header_base)
         self._template: tuple[Any, HeaderJson | None] = (None, None)  # the denoised header's JSON template
         self.fanout: FanOut | None = None  # --workers N: jobs go to worker processes (emlive.stream.fanout)
+        self.live_checks: LiveChecks | None = None  # the per-acquisition noise check (set by the service)
+        self._estimate: Any = None  # the estimate of the last frame denoised here (None: the model's own)
 
     def start(self, out: zmq.Socket[Any]) -> None:
         """Publish on ``out``; the window length is the current model's."""
@@ -337,10 +342,14 @@ class Pipeline:
         t1 = t0
         std: np.ndarray | None = None
         want = self._uncertainty and getattr(denoiser, "channels", 1) > 1
+        estimate, sample = (None, False) if self.live_checks is None else self.live_checks.plan(denoiser, job)
+        self._estimate = estimate  # this acquisition's (emlive.stream.livecheck); None: the model's own
         try:
-            denoise = self._windows.feed(denoiser, job, uncertainty=want)
+            denoise = self._windows.feed(denoiser, job, uncertainty=want or sample, estimate=estimate)
             t1 = time.perf_counter()
             found = denoise()
+            if sample:  # a Denoised: its prior goes to the acquisition's noise check
+                found = self.live_checks.observe(denoiser, job, found, keep=want)  # type: ignore[union-attr]
             if want:  # a Denoised (emlive.export.estimates): the frame and its std
                 found, std = found.mean, _checked(found.std, job.center.data.shape)
             out = _checked(found, job.center.data.shape)
@@ -366,12 +375,12 @@ class Pipeline:
         out, fields = _wire_ready(out)
         self._seq += 1
         center = job.center
-        common = (job.indices, job.flushed, self._seq, round(center.received_wall, 6), round((t2 - t1) * 1e3, 3))
+        common = (job.indices, job.flushed, self._seq, center.received_wall, (t2 - t1) * 1e3)  # (_DECIMALS)
         if self._publish_raw:
             self._send_frame(json_bytes(self._header(job, common)), center.data)
         now = time.perf_counter()
         wall = time.time()
-        times = (round((now - job.completed) * 1e3, 3), round((now - center.received) * 1e3, 3), round(wall, 6))
+        times = ((now - job.completed) * 1e3, (now - center.received) * 1e3, wall)
         self._send_frame(self._denoised_header(job, common, fields, times), out)
         if std is not None:
             self._send_frame(self._uncertainty_header(job, common, times), np.ascontiguousarray(std, np.float32))
@@ -387,19 +396,25 @@ class Pipeline:
         )
         if self.recorder is not None:
             self.recorder.submit("denoised", center.header, out)
+            if std is not None:  # the map as published (float32), beside the denoised recording
+                self.recorder.submit("uncertainty", center.header, np.ascontiguousarray(std, np.float32))
 
     def _header(
         self, job: WindowJob, common: tuple[Any, ...], fields: tuple[str, str] | None = None, times: Any = ()
     ) -> dict[str, Any]:
         """The header of the raw frame (``fields`` None) or of the denoised one (its dtype fields and ``times``):
-        the center's header, the model, then the published fields (:data:`_PUBLISHED`) in this order."""
+        the center's header, the model, then the published fields (:data:`_PUBLISHED`, rounded as
+        :data:`_DECIMALS` says) in this order."""
         header = self._header_base(job.center.header)
         header.update(zip(_PUBLISHED[2:7], common, strict=True))
         if fields is None:
             header["kind"] = "raw"
-            return header
-        header["dtype"], header["byte_order"], header["kind"] = *fields, "denoised"
-        header.update(zip(_PUBLISHED[7:], times, strict=True))
+        else:
+            header["dtype"], header["byte_order"], header["kind"] = *fields, "denoised"
+            header.update(zip(_PUBLISHED[7:], times, strict=True))
+        for key, digits in _DECIMALS.items():
+            if key in header:
+                header[key] = round(header[key], digits)
         return header
 
     def _denoised_header(
@@ -414,7 +429,7 @@ class Pipeline:
         if key != self._template[0]:
             example = self._header(job, common, fields, times)
             try:
-                self._template = (key, HeaderJson(example, _PUBLISHED))
+                self._template = (key, HeaderJson(example, _PUBLISHED, _DECIMALS))
             except ValueError:  # a fixed field holds a template mark: this stream's headers go the dict way
                 self._template = (key, None)
         template = self._template[1]
@@ -427,7 +442,7 @@ class Pipeline:
         ``kind: "uncertainty"``, float32, and what the values are: ``units`` (the input's, detector counts),
         ``quantity`` (posterior_std, or prior_std for the blind estimate) and ``estimate`` (of the denoised frame)."""
         header = self._header(job, common, ("float32", "<"), times)
-        estimate = str(getattr(self.slot.denoiser, "estimate", "posterior"))
+        estimate = str(self._estimate or getattr(self.slot.denoiser, "estimate", "posterior"))
         header["kind"] = "uncertainty"
         header["units"] = "counts (the input's units): one standard deviation of the denoised value"
         header["quantity"] = "posterior_std" if estimate == "posterior" else "prior_std"

@@ -1,12 +1,15 @@
 """Recording of the live stream: raw and/or denoised frames appended to one movie file per acquisition.
 
 ``--record out/run.mrc`` writes ``out/run-<acquisition>-raw.mrc`` and ``out/run-<acquisition>-denoised.mrc``
-(``.tif`` works the same). Each file comes with ``<file>.frames.jsonl``, one line per frame: its position in the
-file, its frame index and detector timestamp, so skipped or missing frames are visible (the line is written just
-before the frame, so after a crash the last line may name a frame that did not reach the file). Frames are appended
-by a writer thread as they arrive; :class:`emlive.core.writers.MovieWriter` keeps the file readable after every
-frame, so a crash loses at most the frame being written. A name that exists already is never overwritten: the
-next free ``-2``, ``-3``, ... suffix is used.
+(``.tif`` works the same). When the service publishes uncertainty maps (``emlive serve --uncertainty``), a
+recording of the denoised frames also keeps each frame's std map in ``out/run-<acquisition>-uncertainty.mrc``
+(float32, the input's units), by the same rules as every other file here. Each file comes with
+``<file>.frames.jsonl``, one line per frame: its position in the file, its frame index and detector timestamp,
+so skipped or missing frames are visible (the line is written just before the frame, so after a crash the last
+line may name a frame that did not reach the file). Frames are appended by a writer thread as they arrive;
+:class:`emlive.core.writers.MovieWriter` keeps the file readable after every frame, so a
+crash loses at most the frame being written. A name that exists already is never overwritten: the next free
+``-2``, ``-3``, ... suffix is used.
 
 Pixel types follow the policy of :mod:`emlive.core.pixeltypes`: every frame the protocol carries is kept without
 loss. A type the record's format cannot hold as it is goes into a wider type that holds every value (uint8 in MRC:
@@ -45,7 +48,7 @@ from emlive.stream.telemetry import Telemetry
 logger = logging.getLogger(__name__)
 
 
-Kind = Literal["raw", "denoised"]
+Kind = Literal["raw", "denoised", "uncertainty"]
 
 
 def check_record_path(path: Path) -> Path:
@@ -114,7 +117,8 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="emlive-recorder", daemon=True)
 
     def wants(self, kind: Kind) -> bool:
-        return self.what in (kind, "both")
+        """Whether frames of ``kind`` are recorded: uncertainty maps go with the denoised frames they describe."""
+        return self.what in ("denoised" if kind == "uncertainty" else kind, "both")
 
     @property
     def depth(self) -> int:

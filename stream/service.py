@@ -91,7 +91,9 @@ from emlive.stream.budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from emlive.stream.control import ControlServer, control_request
 from emlive.stream.errorlog import ErrorLog
 from emlive.stream.fanout import MAX_WORKERS, FanOut, RemoteModel, WorkerSettings
+from emlive.stream.gcpauses import GcPauses, freeze_loaded, thaw
 from emlive.stream.inputqueue import InputQueue
+from emlive.stream.livecheck import LiveChecks
 from emlive.stream.modelslot import DenoiserLike, Loader, ModelSlot, model_info
 from emlive.stream.modes import InputFormat, InputMode
 from emlive.stream.pipeline import Pipeline
@@ -151,6 +153,9 @@ class ServiceConfig:
     curve_server: CurveServer | None = None
     curve_client: CurveClient | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # freeze the loaded service's objects out of the garbage collector's full scans (emlive.stream.gcpauses); on in
+    # `emlive serve`, off for services embedded in another program (it freezes that program's objects too)
+    freeze_gc: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value, the rule and the fix."""
@@ -263,6 +268,7 @@ class DenoiseService:
         self._started = self._stopped = False
         self.endpoints: dict[str, str] = {}
         self.fanout: FanOut | None = None
+        self.gc_pauses = GcPauses()
         self._make_parts(loader, denoiser)
 
     def _make_parts(self, loader: Loader | None, denoiser: DenoiserLike | None) -> None:
@@ -286,6 +292,8 @@ class DenoiseService:
             input_errors=ErrorLog(logger, "rejected message"),
             decoder=self._decoder(),
         )
+        # a variance-head model's per-acquisition noise check (emlive.stream.livecheck); --estimate forces
+        self.pipeline.live_checks = LiveChecks(forced=cfg.estimate is not None)
         self.receiver = Receiver(
             self.queue,
             self.budget,
@@ -324,6 +332,9 @@ class DenoiseService:
             raise ConfigError("the service was started already; make a new DenoiseService to start again")
         self._started = True
         self._load_first_model()
+        if self.config.freeze_gc:
+            freeze_loaded()  # after the model load, before the first frame
+        self.gc_pauses.install()
         try:
             self._open_sockets()
         except BaseException:
@@ -368,7 +379,9 @@ class DenoiseService:
         self.fanout = FanOut(settings, self.telemetry, self.pipeline.publish_result, lossless=cfg.lossless)
         info = self.fanout.start()
         self.pipeline.fanout = self.fanout
-        self.slot.set(RemoteModel(info, self.fanout), model)
+        self.fanout.model = RemoteModel(info, self.fanout)
+        self.fanout.live_checks = self.pipeline.live_checks  # the workers measure, the service decides
+        self.slot.set(self.fanout.model, model)
 
     def _start_recorder(self) -> None:
         cfg = self.config
@@ -462,6 +475,8 @@ class DenoiseService:
         self._sockets.clear()
         if self.fanout is not None:
             self.fanout.close()
+        if self.pipeline.live_checks is not None:
+            self.pipeline.live_checks.close()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -516,6 +531,9 @@ class DenoiseService:
             self.pipeline.recorder.close(self.config.shutdown_timeout_s)
         if all(not t.is_alive() for t in self._threads):
             self._close_sockets()
+        self.gc_pauses.remove()
+        if self.config.freeze_gc:
+            thaw()
         logger.info("stopped. %s", format_line(self.status()))
         if self._errors:
             raise self._errors[0]
@@ -553,10 +571,13 @@ class DenoiseService:
             "pending_window": 0 if assembler is None else assembler.pending,
         })  # fmt: skip
         gauge("subscriptions", self.pipeline.subscriptions.count)
+        gauge("gc", self.gc_pauses.snapshot())
         gauge("model_swap", self.slot.swap_state())
         if recorder is not None:
             gauge("recordings", [str(p) for p in recorder.files])
         gauge("control_errors", self.control.errors.snapshot())
+        if self.pipeline.live_checks is not None:
+            gauge("noise_check", self.pipeline.live_checks.status())
         if self.fanout is not None:
             gauge("workers", self.fanout.snapshot())
         gauge("memory", {"budget_bytes": self.budget.total, "input_queue_bytes": self.queue.nbytes,

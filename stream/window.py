@@ -238,6 +238,8 @@ class WindowBuffer:
 class FrameStreamLike(Protocol):
     """The streaming API of a model (:class:`emlive.export.runtime.FrameStream`)."""
 
+    estimate: Any  # the estimate its denoise calls give (Estimate)
+
     def holds(self, index: int) -> bool: ...
 
     def reset(self) -> None: ...
@@ -266,16 +268,21 @@ class ModelWindows:
         self._model: Any = None
         self._model_streams = False
 
-    def feed(self, model: Any, job: WindowJob, *, uncertainty: bool = False) -> Callable[[], Any]:
+    def feed(
+        self, model: Any, job: WindowJob, *, uncertainty: bool = False, estimate: Any = None
+    ) -> Callable[[], Any]:
         """Make the job's window ready for ``model`` (push its new frames, or stack it); returns the call that
         denoises it: an (H, W) array the caller owns (``uncertainty``: the runtime's ``Denoised``, the frame and
-        its std map, :mod:`emlive.export.estimates`)."""
+        its std map, :mod:`emlive.export.estimates`). ``estimate``: the acquisition's (the live noise check's,
+        :mod:`emlive.stream.livecheck`) instead of the model's."""
         if not self._streams(model):
             window = self._buffer.window(job)
             if uncertainty:
                 return lambda: model.denoise_window(window, uncertainty=True)  # (new arrays: the runtime's)
             return lambda: self._owned(np.asarray(model.denoise_window(window)))
         stream = self._stream_for(model, job)
+        if estimate is not None:
+            stream.estimate = estimate  # read per call (FrameStream keeps the raw frames of a posterior model)
         for rec in job.frames:
             if rec is not None and not stream.holds(rec.index):
                 stream.push(rec.data, rec.index)

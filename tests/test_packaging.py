@@ -10,32 +10,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (whl,) = out.glob("emlive-*.whl")
-    return whl
+def wheel() -> Path:
+    """``pip wheel`` of this checkout, shared with the light-install tests (built once per checkout content)."""
+    from emlive.bench.light_install import cached_wheel
+
+    return cached_wheel()
 
 
 @pytest.mark.timeout(300)

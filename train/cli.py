@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from emlive.core.errors import require_training_stack
+
 log = logging.getLogger(__name__)
 
 TRAIN_HELP = """Train a blind-spot denoiser on noisy movies alone (self-supervised).
@@ -31,8 +33,8 @@ def train_command(
     resume: Path | None = typer.Option(None, "--resume", help="Checkpoint to resume from (reference: ckpt_path)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the validated config and exit."),
 ) -> None:
-    from emlive.train.api import train
-    from emlive.train.config import load_config
+    require_training_stack("emlive train", ("torch", "lightning"))  # the light install's hint comes first
+    from emlive.train.config import load_config  # no torch: a bad key is reported before Lightning loads
 
     extra = list(overrides or [])
     if resume is not None:
@@ -41,6 +43,8 @@ def train_command(
     if print_config:
         typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return
+    from emlive.train.api import train
+
     result = train(cfg)
     if result.global_rank != 0:  # DDP: every process returns here; rank 0 reports
         return
@@ -76,14 +80,16 @@ def distill_command(
     overrides: list[str] = typer.Argument(None, help="section.key=value overrides, e.g. optim.max_minutes=4."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the validated config and exit."),
 ) -> None:
-    from emlive.train.config import load_distill_config
-    from emlive.train.distill import distill
+    require_training_stack("emlive distill", ("torch", "lightning"))  # the light install's hint comes first
+    from emlive.train.config import load_distill_config  # no torch: a bad key is reported before Lightning loads
 
     cfg = load_distill_config(config, list(overrides or []), teacher=teacher)
     typer.echo(f"student: {cfg.network.macs_per_pixel() / 1e3:.1f} k multiply-adds per pixel")
     if print_config:
         typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return
+    from emlive.train.distill import distill
+
     result = distill(cfg)
     if result.global_rank != 0:  # DDP: every process returns here; rank 0 reports
         return

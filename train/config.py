@@ -17,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from emlive.core.ensemble import Ensemble
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import Target
-from emlive.core.network import Head, NetworkConfig
-from emlive.core.student import StudentConfig
+from emlive.core.netconfig import Head, NetworkConfig, StudentConfig  # not core.network: a config needs no torch
 
 TRAIN_SCHEMA_VERSION = 1
 DISTILL_SCHEMA_VERSION = 1

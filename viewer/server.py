@@ -470,6 +470,8 @@ async def health(request: web.Request) -> web.StreamResponse:
             "first_denoised_in_at": viewer.first_denoised_in_at,
             "newest": None if newest is None else {"acquisition": newest.acquisition, "index": newest.index},
             "browsers": [c.health() for c in viewer.clients],
+            # [published_at, latency_ms, infer_ms, age_ms, flushed] of the service's denoised frames (FrameSource)
+            "service_frames": [] if src is None else list(src.service_frames),
         }
     )
 

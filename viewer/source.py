@@ -1,5 +1,5 @@
 """The viewer's ZeroMQ side: a thread that subscribes to the service's output (and status) and keeps the newest
-raw/denoised frame pair.
+raw/denoised frame pair (with its uncertainty map, when the service publishes one).
 
 ``CONFLATE`` keeps one message per socket but breaks multipart messages, so the thread drains the SUB socket
 with ``NOBLOCK`` until it is empty (at most :data:`MAX_DRAIN` messages per round), pairs raw and denoised frames
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from emlive.viewer.render import Channel, FramePair, bin_factor, make_channel
 logger = logging.getLogger(__name__)
 
 MAX_DRAIN = 256
+SERVICE_HISTORY = 4096  # per denoised frame received: the service's own timings from its header (health, bench)
 
 
 class FrameSource:
@@ -57,6 +59,10 @@ class FrameSource:
         self.prepared = 0
         self.last_frame_at: float | None = None
         self.last_status_at: float | None = None
+        # (published_at, latency_ms, infer_ms, age_ms, flushed) of each denoised frame, from its header: the
+        # benchmark's service latency over exactly its measured interval (the service's status covers its last 4096
+        # frames); flushed (1.0): a frame of a run's end, denoised after the run ended
+        self.service_frames: deque[tuple[float, float, float, float, float]] = deque(maxlen=SERVICE_HISTORY)
         self._sub = open_socket(self._ctx, zmq.SUB, hwm=hwm, linger_ms=0)
         self._status_sub: zmq.Socket[Any] | None = None
         try:
@@ -96,10 +102,10 @@ class FrameSource:
             events = dict(poller.poll(100))
             if self._status_sub is not None and self._status_sub in events:
                 self._drain_status()
-            if self._sub in events:
-                newest = self._drain_frames()
-                if newest is not None:
-                    self._prepare(newest)
+            newest = self._drain_frames() if self._sub in events else None
+            newest = newest or self._pairs.overdue(time.time())  # a pair whose uncertainty map did not come
+            if newest is not None:
+                self._prepare(newest)
 
     def _drain_status(self) -> None:
         assert self._status_sub is not None  # registered only when present
@@ -131,8 +137,20 @@ class FrameSource:
                 continue
             self.received += 1
             self.last_frame_at = now
+            if header.kind == "denoised":
+                self._note_service_frame(header.extra)
             newest = self._pairs.add(msg, now) or newest
         return newest
+
+    def _note_service_frame(self, extra: Any) -> None:
+        """Keep a denoised frame's service timings (headers of other senders may lack them: skipped)."""
+        try:
+            published, latency, infer, age = (
+                float(extra[k]) for k in ("published_at", "latency_ms", "infer_ms", "age_ms")
+            )
+        except (KeyError, TypeError, ValueError):
+            return
+        self.service_frames.append((published, latency, infer, age, 1.0 if extra.get("flushed") else 0.0))
 
     def _prepare(self, newest: Pair) -> None:
         raw, den = newest.raw, newest.denoised
@@ -148,6 +166,7 @@ class FrameSource:
                 received_at=newest.received_at,
                 raw=_channel("raw", raw, factor),
                 denoised=_channel("denoised", den, factor),
+                uncertainty=_channel("uncertainty", newest.uncertainty, factor),
             )
         except (ValueError, TypeError, MemoryError) as exc:
             logger.warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,13 +27,16 @@ from typer.testing import CliRunner
 from emlive.analysis.batch import (
     MANIFEST_NAME,
     PARTS_DIR,
+    WORKER_TUNING,
     ClusterKind,
     ClusterSpec,
     ModelRef,
     ShardSpec,
     denoise_batch,
     model_loads,
+    open_client,
     split_jobs,
+    tuning_exports,
 )
 from emlive.analysis.denoise import denoise_path
 from emlive.cli import app
@@ -102,11 +106,9 @@ def long_reference(tmp_path_factory: pytest.TempPathFactory, long_movie: Path, m
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    distributed = pytest.importorskip("dask.distributed")
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl,
-        distributed.Client(cl) as c,
-    ):
+    """The local cluster `--cluster local:2` starts (open_client: its workers' settings included)."""
+    pytest.importorskip("dask.distributed")
+    with open_client(ClusterSpec.parse("local:2")) as c:
         c.run(lambda: __import__("emlive.analysis.batch"))  # the task module's imports, once, in parallel
         yield c
 
@@ -171,6 +173,9 @@ def test_local_cluster_equals_single_process_and_loads_the_model_once_per_worker
     loads = client.run(model_loads)
     assert all(counts.get(str(model.resolve()), 0) <= 1 for counts in loads.values()), loads
     assert sum(counts.get(str(model.resolve()), 0) for counts in loads.values()) >= 1
+    # the workers run without Dask's 10 ms statistical profiler and its fast health polls (WORKER_TUNING)
+    settings = client.run(lambda: {key: __import__("dask").config.get(key) for key in WORKER_TUNING})
+    assert all(found == WORKER_TUNING for found in settings.values()), settings
     # what goes through the scheduler is the model's path, not the model
     ref = ModelRef(str(model.resolve()), BACKEND, threads=1)
     assert len(pickle.dumps(ref)) < 512 < model.stat().st_size // 50
@@ -356,3 +361,95 @@ def test_the_shipped_jobqueue_settings_make_a_job_script(kind: str) -> None:
     assert "source $HOME/emlive/.venv/bin/activate" in script
     assert "--nthreads 1" in script and "--nworkers" not in script  # one worker, one task at a time, per job
     assert ("#SBATCH --cpus-per-task=8" if kind == "slurm" else "#PBS -l select=1:ncpus=8:ngpus=1") in script
+
+
+def test_a_batch_job_script_keeps_its_prologue_and_adds_the_worker_tuning() -> None:
+    """slurm:N / pbs:N: the workers run in batch jobs that read no config of ours, so the tuning goes into the
+    job script as Dask's environment variables, after the site's own prologue (generated, not submitted)."""
+    pytest.importorskip("dask_jobqueue")
+    import dask.config
+
+    from emlive.analysis.batch import _jobqueue_cluster
+
+    site = {
+        "jobqueue.slurm.job-script-prologue": ["module load cuda"],
+        "jobqueue.slurm.cores": 1,
+        "jobqueue.slurm.memory": "1GB",
+        "jobqueue.slurm.scheduler-options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+    }
+    with dask.config.set(site), _jobqueue_cluster(ClusterSpec(ClusterKind.SLURM, workers=0)) as cluster:
+        script = cluster.job_script()
+    lines = script.splitlines()
+    exports = tuning_exports()
+    assert lines.index("module load cuda") < lines.index(exports[0]) and all(e in lines for e in exports)
+    # a shell that runs those lines gives a Dask that reads exactly WORKER_TUNING
+    keys = list(WORKER_TUNING)
+    code = f"import dask, json; print(json.dumps({{k: dask.config.get(k) for k in {keys!r}}}))"
+    shell = "\n".join([*exports, f"{sys.executable} -c {shlex.quote(code)}"])
+    out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("DASK_")})  # fmt: skip
+    assert json.loads(out.stdout) == WORKER_TUNING, out.stderr
+
+
+# --- a probabilistic model: the per-movie estimate (the noise check) is the single-process one -------------------
+GAIN, OFFSET, READ = 2.0, 100.0, 3.0  # the integrating detector the movie is simulated with
+
+
+@pytest.fixture(scope="module")
+def wrong_noise_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A head=gaussian model (constant prior: the head's last weights at 0) whose card says gain x10: the movie is
+    quieter than it claims, so the noise check fails and single-process `emlive denoise` falls back to blind."""
+    torch = pytest.importorskip("torch")
+    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
+    from emlive.core.network import BlindSpotNet, NetworkConfig
+    from emlive.export.onnx_export import export_onnx
+
+    cfg = NetworkConfig(width=8, scales=2, blocks=1, head="gaussian")
+    torch.manual_seed(1)
+    net = BlindSpotNet(cfg).eval()
+    with torch.no_grad():
+        net.head[-1].weight.zero_()
+    gain = 10 * GAIN
+    noise = NoiseModel(method="difference", gain=gain, offset=OFFSET, read_noise=READ,
+                       intercept=READ**2 - gain * OFFSET, kernel=[[1.0]], recommended_blind_spot=(1, 1))  # fmt: skip
+    root = tmp_path_factory.mktemp("gauss")
+    ckpt = save_model(root / "wrong.pt", net, ModelCard(network=cfg, name="wrong", noise=noise))
+    return export_onnx(ckpt, root / "wrong.onnx").path
+
+
+@pytest.fixture(scope="module")
+def integrating(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """9 frames of a static scene on an integrating detector (Poisson x GAIN + OFFSET + read noise), uint16."""
+    rng = np.random.default_rng(0)
+    scene = 50.0 + 36.0 * rng.choice([-1.0, 1.0], (40, 52))
+    frames = [OFFSET + GAIN * rng.poisson(scene) + rng.normal(0, READ, scene.shape) for _ in range(9)]
+    folder = tmp_path_factory.mktemp("integrating")
+    write_movie(folder / "g.tif", np.clip(np.rint(frames), 0, 65535).astype(np.uint16))
+    return folder / "g.tif"
+
+
+def test_a_failed_noise_check_gives_the_single_process_estimate_on_a_cluster_and_in_array_tasks(
+    client: Any, wrong_noise_model: Path, integrating: Path, tmp_path: Path
+) -> None:
+    """Single process: the check fails on the movie, its output is the blind one. `--cluster` and `--shard 0/2`
+    + `1/2` (2 shards: each decides from the movie's whole range, not its own) give the same bytes; forcing
+    `--estimate posterior` gives the single-process forced output, which differs (the test can tell)."""
+    names = ("g.tif",)
+    single = denoise_path(integrating, tmp_path / "ref", wrong_noise_model, **OPTS)
+    assert single.movies[0].estimate == "blind" and not single.movies[0].noise_check["ok"]
+    on_dask = denoise_batch([integrating], tmp_path / "dask", wrong_noise_model, client=client, **OPTS, shard_frames=4)
+    assert len(on_dask.ran) == 2 and on_dask.estimates == {str(tmp_path / "dask" / "g.tif"): "blind"}
+    _same_bytes(tmp_path / "dask", tmp_path / "ref", names)
+    assert {r["estimate"] for r in _shard_lines(tmp_path / "dask")} == {"blind"}
+    for i in (0, 1):
+        denoise_batch([integrating], tmp_path / "array", wrong_noise_model, shard=f"{i}/2", **OPTS, shard_frames=4)
+    _same_bytes(tmp_path / "array", tmp_path / "ref", names)
+    forced = {"estimate": "posterior", **OPTS}
+    denoise_path(integrating, tmp_path / "forced-ref", wrong_noise_model, **forced)
+    denoise_batch([integrating], tmp_path / "forced", wrong_noise_model, shard="0/1", **forced, shard_frames=4)
+    _same_bytes(tmp_path / "forced", tmp_path / "forced-ref", names)
+    assert (tmp_path / "forced" / "g.tif").read_bytes() != (tmp_path / "ref" / "g.tif").read_bytes()
+    # --uncertainty stays refused by batch jobs, naming what to do instead
+    args = ["denoise", str(integrating), "-o", str(tmp_path / "u"), "-m", str(wrong_noise_model), "--shard", "0/1"]
+    result = CliRunner().invoke(app, [*args, "--uncertainty", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "without --cluster/--shard" in str(result.exception)

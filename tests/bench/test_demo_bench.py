@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from emlive.bench.demo_bench import CpuMeter, draw_figures, main, parse_args
+from emlive.bench.demo_bench import CpuMeter, draw_figures, frame_figures, main, parse_args
 from emlive.core.processes import descendants
 from emlive.viewer.headless import CHROMIUM
 
@@ -24,6 +24,19 @@ def test_draw_figures_count_only_the_window() -> None:
     assert draw_figures([], 0.0, 1.0) == {
         "frames_drawn": 0, "displayed_fps": 0.0, "latency_p50_ms": None, "latency_p99_ms": None
     }  # fmt: skip
+
+
+def test_frame_figures_take_the_service_latency_of_the_window_only() -> None:
+    """The service's status percentiles cover its last 4096 frames since it started (its warm-up too); the
+    benchmark's come from the frames published within its measured interval, flushed run ends counted apart."""
+    frames = [[9.0, 900.0, 30.0, 950.0, 0.0]]  # before the window (a start-up frame): left out
+    frames += [[10.0 + k / 10, 40.0 + k, 30.0, 90.0, 0.0] for k in range(10)]
+    frames += [[11.0, 200.0, 35.0, 260.0, 1.0]]  # a run's last frame, denoised after its end
+    figures = frame_figures(frames, 10.0, 11.0, limit_ms=150.0)
+    assert figures["frames"] == 11 and figures["latency_max_ms"] == 200.0
+    assert figures["latency_p50_ms"] == 45.0 and figures["infer_p50_ms"] == 30.0
+    assert figures["over_limit"] == 1 and figures["flushed"] == 1 and figures["flushed_over_limit"] == 1
+    assert frame_figures(frames, 0.0, 1.0, limit_ms=150.0) == {"frames": 0}
 
 
 def test_cpu_meter_counts_this_process_group() -> None:
@@ -57,6 +70,10 @@ def test_demo_bench_measures_the_real_demo(tmp_path: Path, monkeypatch: pytest.M
     assert steps["first_denoised_in_viewer"] <= steps["first_denoised"]
     assert result["displayed_fps"] > 0 and result["page"]["frames_drawn"] > 1, result
     assert result["service"]["published_fps"] > 0 and result["service"]["latency_p99_ms"] > 0
+    window = result["service_window"]
+    assert window["frames"] > 0 and 0 < window["latency_p50_ms"] <= window["latency_p99_ms"], window
+    trace = json.loads((out / "service_frames.json").read_text())
+    assert len(trace["frames"]) == window["frames"] and len(trace["columns"]) == 5
     assert result["detector_fps"] > 0
     assert set(result["cpu_seconds"]) == {"bench", "detector", "service", "viewer", "chromium"}
     assert result["cpu_seconds"]["service"] > 0 and result["cpu_seconds"]["chromium"] > 0

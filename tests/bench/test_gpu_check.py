@@ -147,5 +147,8 @@ def test_junit_counts_reads_pytest_output(tmp_path: Path) -> None:
     )
     xml = tmp_path / "out.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", str(target)]
-    subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=90, check=False)
+    # no third-party plugins: napari's, zarr's and pytest-xvfb's cost ~8 s of imports (and an X server) and
+    # change nothing in the junit XML this reads
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=90, check=False, env=env)
     assert junit_counts(xml) == {"tests": 3, "failures": 1, "errors": 0, "skipped": 1, "passed": 1}

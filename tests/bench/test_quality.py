@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+from emlive.analysis.uncertainty import noise_check
 from emlive.bench.dose_sweep import DetectorMode, Setting, SweepConfig, run_sweep, split_setting_specs
 from emlive.bench.model_specs import ModelSpec, parse_model_specs
-from emlive.bench.quality import QualityRow, generalized_anscombe, inverse_generalized_anscombe, run_quality_benchmark
+from emlive.bench.quality import (
+    DEFAULT_SUFFIX,
+    QualityRow,
+    generalized_anscombe,
+    inverse_generalized_anscombe,
+    run_quality_benchmark,
+)
 from emlive.cli import main
 from emlive.core.ensemble import Ensemble, ensemble_average
 from emlive.core.errors import ConfigError
@@ -122,6 +129,11 @@ def test_a_gaussian_head_model_gives_its_blind_and_reopened_rows_with_gains_and_
     assert stats.predicted_gain_db == pytest.approx(predicted_gain_db(prior_var, noise_var), rel=1e-4)
     assert stats.ratio == pytest.approx(stats.measured_gain_db / stats.predicted_gain_db)
     assert len(stats.measured_gain_frames) == 3 and set(stats.regions) == {"edge frames", "changing pixels"}
+    # the row a user gets by default: the movie's noise check (emlive denoise's frames) picks posterior or blind
+    with Denoiser.load(models["gauss"], threads=1) as den:
+        check = noise_check(noisy.astype(np.float32), den, 0, len(noisy))
+    default = rows[f"g re-opened{DEFAULT_SUFFIX}"]
+    assert default.psnr_frames == (reopened if check.ok else blind).psnr_frames and default.reopen is None
 
 
 def test_dihedral_is_refused_for_a_model_whose_blind_spot_is_not_square(tmp_path: Path) -> None:
@@ -187,7 +199,7 @@ SWEEP_TRAIN = ["network.width=8", "network.scales=2", "network.blocks=1", "data.
 SWEEP_ARGS = ["--doses", "5,100", "--modes", "counting", "--size", "64", "--frames", "8", "--eval-frames", "2"]
 SWEEP_ARGS += ["--no-bm3d", "--threads", "1", "--backend", "torch_cpu", "--train-steps", "1"]
 SWEEP_ARGS += [arg for item in SWEEP_TRAIN for arg in ("--train-set", item)]
-SWEEP_KEYS = ["raw", "5-frame average", "gaussian", "blind", "re-opened", "oracle"]
+SWEEP_KEYS = ["raw", "5-frame average", "gaussian", "blind", "re-opened", f"re-opened{DEFAULT_SUFFIX}", "oracle"]
 
 
 @pytest.mark.parametrize("mode", list(DetectorMode))
@@ -275,6 +287,8 @@ def test_a_tiny_sweep_trains_scores_every_setting_and_writes_the_dose_curve(
         assert set(reopen["regions"]) == {"edge frames", "changing pixels"}
         assert reopen["noise_check"]["pixels"] > 0 and "noise check" in reopen["noise_check"]["message"]
         assert rows["blind"]["model"] == rows["re-opened"]["model"] != rows["oracle"]["model"]
+        default = rows[f"re-opened{DEFAULT_SUFFIX}"]["psnr_frames"]
+        assert default in (rows["blind"]["psnr_frames"], rows["re-opened"]["psnr_frames"])
     # the blind row is the Gaussian-head model's mean channel, through the runtime, on the held-out movie
     first = saved["settings"][0]
     blind = next(r for r in first["rows"] if r["key"] == "blind")

@@ -198,3 +198,40 @@ def test_prior_variance_scale_recalibrates_an_overconfident_head(known_prior: tu
     """The prior's true error variance is 2 counts^2; a head that says 0.5 is 4x overconfident."""
     mu, lv, y, truth = known_prior
     assert prior_variance_scale(mu, lv - math.log(4.0), y, truth) == pytest.approx(4.0, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("noise", "electrons"),
+    [
+        (PixelNoise(slope=2.0, intercept=9.0 - 200.0, offset=100.0, correlated=False), (0.5, 30_000.0)),  # integrating
+        (COUNTING, (0.05, 200.0)),  # counting: the exact branch below 1 e-/px (float64), the Gaussian one above
+    ],
+)
+def test_the_float32_posterior_is_within_float32_rounding_of_float64_far_below_the_noise(
+    noise: PixelNoise, electrons: tuple[float, float]
+) -> None:
+    """Realistic frames (doses spanning the detector's range, priors from 100x tighter to 100x looser than the
+    noise): the float32 posterior against the textbook formula in float64 on the same float32 inputs (what the
+    runtime passes), pixel by pixel in units of that pixel's noise std."""
+    rng = np.random.default_rng(3)
+    shape = (128, 128)
+    x = np.exp(rng.uniform(*np.log(electrons), shape))
+    offset = noise.offset or 0.0
+    mu = (offset + noise.slope * x * rng.uniform(0.9, 1.1, shape)).astype(np.float32)
+    noise_var = noise.variance(mu)
+    log_var = np.log(noise_var * np.exp(rng.uniform(np.log(0.01), np.log(100.0), shape))).astype(np.float32)
+    y = (offset + noise.slope * rng.poisson(x) + rng.normal(0, 1.0, shape)).astype(np.float32)
+    post = posterior(mu, log_var, y, noise)
+    assert post.mean.dtype == post.std.dtype == np.float32
+    m, pv, obs = mu.astype(np.float64), np.exp(log_var.astype(np.float64)), y.astype(np.float64)
+    mean64 = (noise_var * m + pv * obs) / (pv + noise_var)
+    var64 = pv * noise_var / (pv + noise_var)
+    low = (m - offset) / noise.slope < 1.0
+    if noise.poisson_offset is not None:  # the exact branch's pixels: checked against float64 elsewhere
+        mean64[low] = post.mean[low]
+        var64[low] = np.square(post.std[low], dtype=np.float64)
+        assert low.any()
+    err = np.abs(post.mean - mean64) / np.sqrt(noise_var)
+    assert float(err.max()) < 1e-5, f"max |float32 - float64| = {float(err.max()):.2e} noise std"
+    np.testing.assert_allclose(post.std, np.sqrt(var64), rtol=1e-5)
+    np.testing.assert_allclose(post.noise_std, np.sqrt(noise_var), rtol=1e-6)

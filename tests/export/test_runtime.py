@@ -345,3 +345,32 @@ def test_a_live_service_loads_onnx_runtime_without_spin_waiting(small) -> None:
             entry = "1"
         assert (entry != "0") is spins
         den.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_denoiser_used_by_two_threads_at_once_gives_each_its_own_answer(small_cpu, window) -> None:
+    """A service's idle warm-up beside a caller's own run (or a GUI beside a worker) share one Denoiser: its buffers
+    are shared, so without its lock one thread's window overwrote the other's mid-inference."""
+    import threading
+
+    movies = [window(7, 40, 44, seed=s) for s in (11, 12)]
+    expected = [np.stack([f for _, f in small_cpu.denoise_movie(m)]) for m in movies]
+    singles = [small_cpu.denoise_window(stack_window(m, window_indices(3, 5, 7))) for m in movies]
+    got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def run(k: int) -> None:
+        start.wait()
+        for _ in range(6):
+            got[k].append(np.stack([f for _, f in small_cpu.denoise_movie(movies[k])]))
+            got[k].append(small_cpu.denoise_window(stack_window(movies[k], window_indices(3, 5, 7)))[None])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    for k in (0, 1):
+        assert len(got[k]) == 12
+        for i, out in enumerate(got[k]):
+            np.testing.assert_array_equal(out, expected[k] if i % 2 == 0 else singles[k][None])

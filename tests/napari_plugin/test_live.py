@@ -1,7 +1,7 @@
-"""The Live widget clicked in a real napari viewer, subscribed to a real live service (in this process, the
-demo's shipped model) fed by the real detector simulator over loopback ZeroMQ: the layers show exactly what the
-service published, the status line follows the service away and back, errors reach the GUI; and the frame-rate
-benchmark runs."""
+"""The Live widget clicked in a real napari viewer, subscribed to a real live service (in this process, a tiny model
+with a variance head publishing its uncertainty maps) fed by the real detector simulator over loopback ZeroMQ: the
+layers (raw, denoised and the uncertainty overlay) show exactly what the service published, the status line
+follows the service away and back, errors reach the GUI; and the frame-rate benchmark runs."""
 
 from __future__ import annotations
 
@@ -28,11 +28,21 @@ WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
-def denoiser() -> Any:
-    """The demo's shipped CPU-live model, one thread (the test machines are shared)."""
-    from emlive.demo import default_model
+def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny random-weight model with a variance head (network.head=gaussian, as tests/stream/test_uncertainty.py
+    makes), one thread (the test machines are shared): the service publishes its uncertainty maps too."""
+    import torch
 
-    return load_denoiser(default_model(), "auto", threads=1)
+    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
+    from emlive.core.network import BlindSpotNet, NetworkConfig
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(width=8, scales=3, blocks=1, head="gaussian")
+    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
+                       recommended_blind_spot=(1, 1))  # fmt: skip
+    card = ModelCard(name="tiny-gauss", network=cfg, noise=noise)
+    path = save_model(tmp_path_factory.mktemp("models") / "gauss.pt", BlindSpotNet(cfg), card)
+    return load_denoiser(path, "torch_cpu", threads=1)  # (no ONNX export: 3 s less; the display is the test)
 
 
 def _free_address() -> str:
@@ -62,7 +72,7 @@ def start_service(denoiser: Any) -> Iterator[Callable[[str, str, str], DenoiseSe
 
     def start(detector_address: str, output: str, status: str) -> DenoiseService:
         config = ServiceConfig(model=None, input=detector_address, output=output, status=status, publish_raw=True,
-                               status_interval_s=0.3, linger_ms=0)  # fmt: skip
+                               uncertainty=True, status_interval_s=0.3, linger_ms=0)  # fmt: skip
         svc = DenoiseService(config, denoiser=denoiser)
         made.append(svc)
         svc.start()
@@ -97,17 +107,18 @@ class Published:
 
 
 def _shows_published(viewer: Any, widget: LiveWidget, published: Published, other_than: Any = None) -> bool:
-    """True when both layers show a pair (not ``other_than``) equal to what the service published."""
+    """True when the three layers show a triple (not ``other_than``) equal to what the service published."""
     published.drain()
     shown = widget.shown.get("denoised")
-    if shown is None or widget.shown.get("raw") != shown or shown == other_than:
+    if shown is None or widget.shown.get("raw") != shown or widget.shown.get("uncertainty") != shown:
         return False
-    acq, index = shown
-    raw, den = published.frames.get((acq, index, "raw")), published.frames.get((acq, index, "denoised"))
-    if raw is None or den is None:
+    if shown == other_than:
         return False
-    assert np.array_equal(viewer.layers["raw"].data, raw), f"raw layer differs from published frame {index}"
-    assert np.array_equal(viewer.layers["denoised"].data, den), f"denoised layer differs from frame {index}"
+    frames = [published.frames.get((*shown, name)) for name in ("raw", "denoised", "uncertainty")]
+    for name, frame in zip(("raw", "denoised", "uncertainty"), frames, strict=True):
+        if frame is None:
+            return False
+        assert np.array_equal(viewer.layers[name].data, frame), f"{name} layer differs from published frame {shown}"
     return True
 
 
@@ -135,6 +146,10 @@ def test_live_widget_shows_the_service_frames_and_follows_it_away_and_back(
         raw, den = viewer.layers["raw"], viewer.layers["denoised"]
         assert raw.data.dtype == np.uint16 and den.data.dtype == np.float32 and raw.data.shape == (64, 64)
         assert den.translate[1] > 64  # beside the raw image, not on top of it
+        std = viewer.layers["uncertainty"]  # the service's std maps: their own layer, over the denoised one
+        assert std.data.dtype == np.float32 and std.colormap.name == "magma" and std.blending == "additive"
+        assert tuple(std.translate) == tuple(den.translate) and std.opacity == 0.5
+        assert list(viewer.layers).index(std) > list(viewer.layers).index(den)  # drawn on top
         limits = den.contrast_limits
         first, shown = widget.shown["denoised"], widget.displayed
         qtbot.waitUntil(
@@ -142,6 +157,7 @@ def test_live_widget_shows_the_service_frames_and_follows_it_away_and_back(
             timeout=WAIT_MS,
         )
         assert viewer.layers["raw"] is raw and viewer.layers["denoised"] is den  # swapped in place, not re-added
+        assert viewer.layers["uncertainty"] is std
         assert den.contrast_limits == limits  # set once, not autoscaled per frame
         assert widget.direct_updates > 0  # the fast path (napari's private vispy node map) works in this napari
         den.contrast_limits = (0.0, 1.0)  # "Reset contrast" sets them from the next frame again

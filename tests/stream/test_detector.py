@@ -79,6 +79,32 @@ def test_loops_are_new_acquisitions_and_frames_caps_the_total(zctx: zmq.Context[
 
 
 @pytest.mark.timeout(30)
+def test_a_continuous_loop_is_one_acquisition_played_forward_and_back(
+    zctx: zmq.Context[Any], movie: np.ndarray
+) -> None:
+    det = DetectorSimulator(
+        DetectorConfig(output=LOCAL, mode="push", fps=0, loop=True, continuous=True, frames=25, acquisition="live"),
+        ArrayMovie(movie),
+    )
+    pull = _pull(zctx, det.open())
+    try:
+        det.start()
+        msgs = _drain(pull, 1)
+        det.wait(10)
+    finally:
+        det.stop()
+        pull.close()
+    assert [m.header.type for m in msgs[:2]] == ["start", "frame"] and msgs[-1].header.type == "end"
+    frames = [m for m in msgs if m.header.type == "frame"]
+    assert {m.header.acquisition for m in msgs} == {"live"} and len(frames) == 25
+    assert [m.header.index for m in frames] == list(range(25)) and msgs[-1].header.index == 24
+    # the movie (10 frames) forward, back without repeating its ends, forward again: no jump from 9 to 0
+    order = [*range(10), *range(8, 0, -1), *range(7)]
+    np.testing.assert_array_equal(np.stack([m.data for m in frames]), movie[order])
+    assert det.acquisitions == ["live"]
+
+
+@pytest.mark.timeout(30)
 def test_synthetic_and_file_sources(zctx: zmq.Context[Any], tmp_path: Path, movie: np.ndarray) -> None:
     from emlive.core.writers import write_movie
 
@@ -104,7 +130,13 @@ def test_synthetic_and_file_sources(zctx: zmq.Context[Any], tmp_path: Path, movi
 
 @pytest.mark.parametrize(
     ("changes", "needle"),
-    [({"fps": -1.0}, "fps"), ({"mode": "dealer"}, "mode"), ({"frames": 0}, "frames"), ({"acquisition": ""}, "acq")],
+    [
+        ({"fps": -1.0}, "fps"),
+        ({"mode": "dealer"}, "mode"),
+        ({"frames": 0}, "frames"),
+        ({"acquisition": ""}, "acq"),
+        ({"continuous": True}, "add --loop"),
+    ],
 )
 def test_bad_detector_settings(changes: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -1,13 +1,15 @@
 """Multi-process training (DDP, gloo) on 2 CPU processes through the real command line.
 
 Run 1: ``emlive train ... optim.accelerator=cpu optim.devices=2`` from the installed console script; Lightning
-re-runs that command line for rank 1. Run 2 resumes its last checkpoint with ONE process through ``python -m
-emlive`` (the other launch path), and counts the epochs on.
+re-runs that command line for rank 1 (this is also the test of ``emlive train``'s entry point). Run 2 resumes its
+last checkpoint with ONE process, in this process (``train()``, what the command calls; a second process would
+only import torch and Lightning again), and counts the epochs on.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -64,7 +66,9 @@ def movie(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.timeout(240)
-def test_two_cpu_processes_train_once_and_resume_with_one(movie: Path, tmp_path: Path) -> None:
+def test_two_cpu_processes_train_once_and_resume_with_one(
+    movie: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     emlive = Path(sys.executable).with_name("emlive")
     assert emlive.is_file(), f"{emlive}: the console script is missing; install the project (make install)"
     common = ["--config", "synthetic-small", f"data.train={movie}", "data.clean=null", f"output.root={tmp_path}"]
@@ -95,9 +99,15 @@ def test_two_cpu_processes_train_once_and_resume_with_one(movie: Path, tmp_path:
     assert torch.load(last, weights_only=True)[WORLD_SIZE_KEY] == 2
 
     # resume the 2-process checkpoint with one process: epochs count on, the change is announced
-    resume = [sys.executable, "-m", "emlive", "train", *common, *TINY_RUN, "optim.devices=1", "optim.epochs=3"]
-    second = _run([*resume, "--resume", str(last)])
-    assert "resuming a checkpoint written by 2 processes with 1" in second.stderr
+    resume = [*common[2:], *TINY_RUN, "optim.devices=1", "optim.epochs=3", f"resume={last}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as each process above (OMP_NUM_THREADS=1): tiny steps, 2 shared cores
+    try:
+        with caplog.at_level(logging.WARNING, logger="emlive.train"):
+            assert train(load_config("synthetic-small", resume)).global_rank == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "resuming a checkpoint written by 2 processes with 1" in caplog.text
     card = load_checkpoint(run_dir / "model.pt")[1]
     assert (card.training.epochs, card.training.steps) == (3, 40 + 40)  # one process: 40 steps of 4 in epoch 3
     assert len(_crops(run_dir / "crops" / "rank0.csv")) == 2 * 80 + 160

@@ -7,7 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from emlive.viewer.server import ViewerServer
 from .conftest import FakeService, canvas_sum, copy_screenshot_once, frame_pair, wait_frames
 
 pytestmark = pytest.mark.browser
+NO_MAP = "no uncertainty map in this stream (serve a head=gaussian model with --uncertainty)"
 
 
 def _get(url: str) -> tuple[int, bytes, dict[str, str]]:
@@ -43,6 +44,8 @@ def test_page_loads_frames_arrive_and_canvas_changes(page: Any, viewer: ViewerSe
     assert canvas_sum(page) != first
     assert canvas_sum(page, "raw") > 0
     assert page.is_hidden("#banner")
+    assert page.is_hidden("#view-uncertainty")  # a stream without uncertainty maps: no panel, and the page says why
+    assert page.inner_text("#uncertainty-note") == NO_MAP
     page.wait_for_function("() => document.getElementById('service').textContent.includes('fake-model')")
     shot = tmp_path / "viewer.png"
     page.screenshot(path=str(shot))
@@ -232,3 +235,100 @@ def _health(url: str) -> dict[str, Any]:
     assert status == 200, body
     result: dict[str, Any] = json.loads(body)
     return result
+
+
+# --- the uncertainty map (emlive serve --uncertainty with a network.head=gaussian model) ------------------------
+@pytest.fixture(scope="module")
+def gaussian_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny random-weight model with a variance head (as tests/stream/test_uncertainty.py makes), one thread."""
+    import torch
+
+    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
+    from emlive.core.network import BlindSpotNet, NetworkConfig
+    from emlive.export.runtime import Denoiser
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(width=8, scales=3, blocks=1, head="gaussian")
+    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
+                       recommended_blind_spot=(1, 1))  # fmt: skip
+    path = save_model(tmp_path_factory.mktemp("models") / "gauss.pt", BlindSpotNet(cfg),
+                      ModelCard(name="tiny-gauss", network=cfg, noise=noise))  # fmt: skip
+    return Denoiser.load(path, "torch_cpu", threads=1)  # (no ONNX export: 3 s less; the display is the test)
+
+
+@pytest.fixture
+def gaussian_service(gaussian_model: Any) -> Iterator[Any]:
+    """A live service publishing raw, denoised and uncertainty frames, fed by the detector simulator (64 x 64)."""
+    from emlive.stream.detector import DetectorConfig, DetectorSimulator
+    from emlive.stream.service import DenoiseService, ServiceConfig
+
+    det = DetectorSimulator(DetectorConfig(source="synthetic", output="tcp://127.0.0.1:0", fps=10.0, loop=True,
+                                           size=64, synthetic_frames=8, linger_ms=0))  # fmt: skip
+    det.start()
+    assert det.endpoint is not None
+    svc = DenoiseService(ServiceConfig(model=None, input=det.endpoint, output="tcp://127.0.0.1:0", publish_raw=True,
+                                       uncertainty=True, linger_ms=0), denoiser=gaussian_model)  # fmt: skip
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+        det.stop()
+
+
+_CANVAS_RGBA = """(id) => { const c = document.getElementById(id);
+    return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }"""
+
+
+@pytest.mark.timeout(60)
+def test_the_uncertainty_panel_shows_the_published_map_on_its_own_scale(
+    page: Any, zctx: Any, gaussian_service: Any, make_viewer: Callable[..., ViewerServer]
+) -> None:
+    from emlive.core.protocol import decode
+    from emlive.viewer.colormap import colorize
+    from emlive.viewer.render import Contrast, FramePair, make_channel, render_pair
+
+    output = gaussian_service.endpoints["output"]
+    sub = zctx.socket(zmq.SUB)  # our own subscriber: the maps the service published
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 1000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(output)
+    try:
+        server = make_viewer(output)
+        page.goto(server.url)
+        page.wait_for_selector("#view-uncertainty", state="visible", timeout=30000)
+        page.select_option("#mode", "manual")  # the page's grey contrast settings do not apply to the map
+        page.fill("#vmax", "100000")
+        page.dispatch_event("#vmax", "input")
+        page.wait_for_function("() => document.getElementById('limits').textContent.includes('1.00e+5')")
+        page.click("#pause")
+        time.sleep(0.5)
+        shown = page.evaluate("() => window.emlive.state.shown")
+        maps: dict[tuple[str, int], Any] = {}
+        while sub.poll(200, zmq.POLLIN):
+            msg = decode(sub.recv_multipart(copy=False))
+            if msg.header.kind == "uncertainty" and msg.data is not None:
+                maps[(msg.header.acquisition, msg.header.index)] = msg
+        published = maps[(shown["acquisition"], shown["index"])]
+        assert published.data is not None
+        channel = make_channel("uncertainty", published.header.to_dict(), published.data, shown["factor"])
+        meta, (gray,) = render_pair(FramePair(shown["acquisition"], shown["index"], 0.0, shown["factor"], 0.0,
+                                              uncertainty=channel), Contrast(mode="manual", vmax=1e5))  # fmt: skip
+        (info,) = meta["channels"]
+        assert 0 < info["min"] < info["max"] < 1e5  # the map's own percentiles, not the page's manual 0..1e5
+        expected = colorize(np.frombuffer(gray, np.uint8).reshape(info["height"], info["width"]))
+        assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 8  # a map with structure, not a flat colour
+        width, height, rgba = page.evaluate(_CANVAS_RGBA, "canvas-uncertainty")
+        drawn = np.array(rgba, np.uint8).reshape(height, width, 4)
+        np.testing.assert_array_equal(drawn[..., :3], expected)
+        assert (drawn[..., 3] == 255).all()
+        (page_info,) = [c for c in shown["channels"] if c["kind"] == "uncertainty"]
+        assert (page_info["min"], page_info["max"]) == (info["min"], info["max"])
+        quantity = published.header.extra["quantity"]  # posterior_std (or prior_std where the service fell back)
+        assert page.inner_text("#legend-units").startswith(f"{quantity} in counts")
+        assert quantity in page.inner_text("#uncertainty-note")
+        page.click("#show-uncertainty")  # the toggle hides the panel
+        page.wait_for_selector("#view-uncertainty", state="hidden", timeout=5000)
+    finally:
+        sub.close(linger=0)

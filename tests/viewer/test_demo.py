@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 
 from emlive.core.processes import ChildProcesses, ProcessInfo, descendants, wait_until_gone
-from emlive.demo import DEMO_FPS, LiveDemo, default_model, read_line_with_prefix, synthetic_demo_movie
+from emlive.demo import (
+    DEMO_FPS,
+    VIEWER_NICE,
+    LiveDemo,
+    default_model,
+    niced,
+    read_line_with_prefix,
+    synthetic_demo_movie,
+)
 
 from .conftest import canvas_sum, wait_frames
 
@@ -164,6 +172,28 @@ def test_the_detector_streams_a_cached_synthetic_movie(tmp_path: Path, monkeypat
     args = LiveDemo(default_model(), size=48)._detector_args({"detector": "ipc:///x"})
     assert args[args.index("--source") + 1] == str(synthetic_demo_movie(48))
     assert LiveDemo(default_model(), source="movie.tif")._detector_args({"detector": "ipc:///x"})[1] == "movie.tif"
+
+
+def test_the_demo_streams_one_endless_acquisition() -> None:
+    """A new acquisition every pass of the 64-frame movie ended a run every 2.6 s, and the service denoises a run's
+    last frames after its end (2-3 inferences late): the demo's latency tail. A camera's live view is one run."""
+    args = LiveDemo(default_model(), source="movie.tif")._detector_args({"detector": "ipc:///x"})
+    assert "--loop" in args and "--continuous" in args
+
+
+@pytest.mark.timeout(30)
+def test_the_viewer_runs_niced_so_the_service_goes_first() -> None:
+    """The viewer's command runs at VIEWER_NICE (the real ``nice``: the process and its threads); the service's
+    and the detector's do not."""
+    demo = LiveDemo(default_model())
+    python = [sys.executable, "-m", "emlive"]
+    assert demo.command("viewer", ["--port", "0"]) == niced([*python, "view", "--port", "0"], VIEWER_NICE)
+    assert demo.command("service", ["-x"]) == [*python, "serve", "-x"]
+    assert demo.command("detector", []) == [*python, "detector"]
+    probe = [sys.executable, "-c", "import os; print(os.nice(0))"]
+    base = int(subprocess.run(probe, capture_output=True, text=True, timeout=20, check=True).stdout)
+    niced_run = subprocess.run(niced(probe, VIEWER_NICE), capture_output=True, text=True, timeout=20, check=True)
+    assert int(niced_run.stdout) == min(19, base + VIEWER_NICE) > base
 
 
 def test_the_service_leaves_a_core_to_the_viewer_and_browser() -> None:

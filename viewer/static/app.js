@@ -6,10 +6,13 @@
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
   const tokenQuery = token ? "token=" + encodeURIComponent(token) : "";
-  const CHANNELS = ["raw", "denoised"];
-  const canvases = { raw: $("canvas-raw"), denoised: $("canvas-denoised") };
-  const contexts = { raw: canvases.raw.getContext("2d"), denoised: canvases.denoised.getContext("2d") };
-  const images = { raw: null, denoised: null };
+  const CHANNELS = ["raw", "denoised", "uncertainty"];
+  const canvases = { raw: $("canvas-raw"), denoised: $("canvas-denoised"), uncertainty: $("canvas-uncertainty") };
+  const contexts = {};
+  for (const k of CHANNELS) contexts[k] = canvases[k].getContext("2d", { willReadFrequently: k === "uncertainty" });
+  const images = { raw: null, denoised: null, uncertainty: null };
+  const NO_MAP = "no uncertainty map in this stream (serve a head=gaussian model with --uncertainty)";
+  let colormap = { hex: null, table: null }; // the uncertainty map's colours (index -> RGBA as one uint32)
   const state = {
     ws: null, clientId: null, backoff: 500, connected: false, paused: false,
     pending: null, shown: null, lastState: null, drawTimes: [], latencies: [],
@@ -123,17 +126,47 @@
     while (state.drawTimes.length && drawnAt - state.drawTimes[0] > 2000) state.drawTimes.shift();
     state.latencies.push(latency);
     if (state.latencies.length > 60) state.latencies.shift();
-    for (const k of CHANNELS) {
+    for (const k of ["raw", "denoised"]) {
       if (!meta.channels.some((c) => c.kind === k)) setMissing(k, true);
     }
+    showUncertainty(meta.channels.find((c) => c.kind === "uncertainty"));
     if (!state.view.fitted) fitView();
     showFrameInfo(meta);
     drawHistogram(meta);
   }
 
+  // the uncertainty map arrives as 8-bit indices on its own linear scale; the server sends the colour table
+  function colourTable(hex) {
+    if (colormap.hex !== hex) {
+      const table = new Uint32Array(256);
+      for (let i = 0; i < 256; i++) {
+        const [r, g, b] = [0, 2, 4].map((o) => parseInt(hex.substr(i * 6 + o, 2), 16));
+        table[i] = (0xff000000 | (b << 16) | (g << 8) | r) >>> 0;
+      }
+      colormap = { hex, table };
+    }
+    return colormap.table;
+  }
+  function showUncertainty(ch) {
+    const on = !!ch && $("show-uncertainty").checked, view = $("view-uncertainty");
+    if (view.classList.contains("hidden") === on) { // appears or goes: the panels' sizes change
+      view.classList.toggle("hidden", !on);
+      state.view.fitted = false;
+    }
+    if (!ch) { $("uncertainty-note").textContent = NO_MAP; return; }
+    $("uncertainty-note").textContent = "uncertainty: " + (ch.quantity || "std") + " of the denoised frame";
+    $("legend-lo").textContent = fmtNum(ch.min);
+    $("legend-hi").textContent = fmtNum(ch.max);
+    $("legend-units").textContent = (ch.quantity || "std") + " in " + (ch.units || "the input's units");
+    const bar = $("legend-bar"), ctx = bar.getContext("2d"), table = colourTable(ch.colormap);
+    const image = ctx.createImageData(256, 1);
+    new Uint32Array(image.data.buffer).set(table);
+    ctx.putImageData(image, 0, 0);
+  }
+
   async function drawChannel(ch, bytes, codec) {
     const canvas = canvases[ch.kind];
-    setMissing(ch.kind, false);
+    if (ch.kind !== "uncertainty") setMissing(ch.kind, false);
     if (canvas.width !== ch.width || canvas.height !== ch.height) {
       canvas.width = ch.width; canvas.height = ch.height; state.view.fitted = false;
     }
@@ -146,12 +179,23 @@
       }
       const out = new Uint32Array(image.data.buffer);
       const n = ch.width * ch.height;
-      for (let i = 0; i < n; i++) out[i] = 0xff000000 | (bytes[i] * 0x010101);
+      if (ch.colormap) {
+        const table = colourTable(ch.colormap);
+        for (let i = 0; i < n; i++) out[i] = table[bytes[i]];
+      } else {
+        for (let i = 0; i < n; i++) out[i] = 0xff000000 | (bytes[i] * 0x010101);
+      }
       ctx.putImageData(image, 0, 0);
     } else {
       const bitmap = await createImageBitmap(new Blob([bytes], { type: codec === "jpeg" ? "image/jpeg" : "image/png" }));
       ctx.drawImage(bitmap, 0, 0);
       bitmap.close();
+      if (ch.colormap) { // grey decoded: colour it through the table
+        const table = colourTable(ch.colormap), image = ctx.getImageData(0, 0, ch.width, ch.height);
+        const px = new Uint32Array(image.data.buffer);
+        for (let i = 0; i < px.length; i++) px[i] = table[px[i] & 0xff];
+        ctx.putImageData(image, 0, 0);
+      }
     }
   }
 
@@ -220,7 +264,8 @@
   function showProbe(msg) {
     const fmt = (v) => (v === undefined ? "–" : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(3) : v.toFixed(3));
     if (msg.raw === undefined && msg.denoised === undefined) { $("probe").textContent = "outside the frame"; return; }
-    $("probe").textContent = "x " + msg.x + ", y " + msg.y + "   raw " + fmt(msg.raw) + "   denoised " + fmt(msg.denoised);
+    $("probe").textContent = "x " + msg.x + ", y " + msg.y + "   raw " + fmt(msg.raw) + "   denoised " + fmt(msg.denoised) +
+      (msg.uncertainty === undefined ? "" : " ± " + fmt(msg.uncertainty));
   }
 
   // --- controls ------------------------------------------------------------------------------------------------
@@ -243,7 +288,8 @@
   $("mode").addEventListener("change", () => {
     // switching to manual starts from the limits shown, so the picture does not jump
     if ($("mode").value === "manual" && state.shown) {
-      const ch = state.shown.channels[state.shown.channels.length - 1];
+      const pictures = state.shown.channels.filter((c) => c.kind !== "uncertainty"); // the map has its own scale
+      const ch = pictures[pictures.length - 1];
       $("vmin").value = +ch.min.toPrecision(6); $("vmax").value = +ch.max.toPrecision(6);
       sendSettings();
     }
@@ -254,6 +300,10 @@
     send({ type: "pause", paused: state.paused });
   });
   $("reset-view").addEventListener("click", fitView);
+  $("show-uncertainty").addEventListener("change", () => {
+    if (state.shown) showUncertainty(state.shown.channels.find((c) => c.kind === "uncertainty"));
+    fitView();
+  });
   $("layout").addEventListener("change", () => {
     const layout = $("layout").value;
     $("views").className = "views " + layout;
@@ -290,6 +340,7 @@
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     const colors = { raw: "rgba(120,160,255,0.7)", denoised: "rgba(255,180,80,0.8)" };
     for (const ch of meta.channels) {
+      if (!colors[ch.kind]) continue; // the uncertainty map has its own scale (its legend)
       const h = ch.hist, n = h.counts.length, max = Math.max(...h.counts.map((c) => Math.log1p(c))) || 1;
       ctx.fillStyle = colors[ch.kind];
       for (let i = 0; i < n; i++) {
