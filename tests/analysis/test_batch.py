@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -396,25 +396,14 @@ GAIN, OFFSET, READ = 2.0, 100.0, 3.0  # the integrating detector the movie is si
 
 
 @pytest.fixture(scope="module")
-def wrong_noise_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A head=gaussian model (constant prior: the head's last weights at 0) whose card says gain x10: the movie is
-    quieter than it claims, so the noise check fails and single-process `emlive denoise` falls back to blind."""
-    torch = pytest.importorskip("torch")
-    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
-    from emlive.core.network import BlindSpotNet, NetworkConfig
+def wrong_noise_model(gaussian_checkpoint: Callable[..., Path]) -> Path:
+    """A head=gaussian model (constant prior) whose card says gain x10: the movie is quieter than it claims, so the
+    noise check fails and single-process `emlive denoise` falls back to blind."""
     from emlive.export.onnx_export import export_onnx
 
-    cfg = NetworkConfig(width=8, scales=2, blocks=1, head="gaussian")
-    torch.manual_seed(1)
-    net = BlindSpotNet(cfg).eval()
-    with torch.no_grad():
-        net.head[-1].weight.zero_()
-    gain = 10 * GAIN
-    noise = NoiseModel(method="difference", gain=gain, offset=OFFSET, read_noise=READ,
-                       intercept=READ**2 - gain * OFFSET, kernel=[[1.0]], recommended_blind_spot=(1, 1))  # fmt: skip
-    root = tmp_path_factory.mktemp("gauss")
-    ckpt = save_model(root / "wrong.pt", net, ModelCard(network=cfg, name="wrong", noise=noise))
-    return export_onnx(ckpt, root / "wrong.onnx").path
+    ckpt = gaussian_checkpoint("wrong", seed=1, scales=2, gain=10 * GAIN, offset=OFFSET, read_noise=READ,
+                               constant_prior=True)  # fmt: skip
+    return export_onnx(ckpt, ckpt.with_suffix(".onnx")).path
 
 
 @pytest.fixture(scope="module")

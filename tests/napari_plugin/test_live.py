@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,21 +29,10 @@ WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
-def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A tiny random-weight model with a variance head (network.head=gaussian, as tests/stream/test_uncertainty.py
-    makes), one thread (the test machines are shared): the service publishes its uncertainty maps too."""
-    import torch
-
-    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
-    from emlive.core.network import BlindSpotNet, NetworkConfig
-
-    torch.manual_seed(0)
-    cfg = NetworkConfig(width=8, scales=3, blocks=1, head="gaussian")
-    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
-                       recommended_blind_spot=(1, 1))  # fmt: skip
-    card = ModelCard(name="tiny-gauss", network=cfg, noise=noise)
-    path = save_model(tmp_path_factory.mktemp("models") / "gauss.pt", BlindSpotNet(cfg), card)
-    return load_denoiser(path, "torch_cpu", threads=1)  # (no ONNX export: 3 s less; the display is the test)
+def denoiser(gaussian_checkpoint: Callable[..., Path]) -> Any:
+    """A tiny random-weight model with a variance head (network.head=gaussian), one thread (the test machines are
+    shared): the service publishes its uncertainty maps too."""
+    return load_denoiser(gaussian_checkpoint("tiny-gauss"), "torch_cpu", threads=1)  # (no ONNX export: 3 s less)
 
 
 def _free_address() -> str:

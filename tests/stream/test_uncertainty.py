@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, NoiseModel, save_model
-from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.posterior import CHECK_FRAMES
 from emlive.core.readers import ArrayMovie
 from emlive.core.windows import stack_window, window_indices
@@ -24,15 +22,8 @@ LOCAL = "tcp://127.0.0.1:0"
 
 
 @pytest.fixture(scope="module")
-def gaussian_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    cfg = NetworkConfig(width=8, scales=3, blocks=1, head="gaussian")
-    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
-                       recommended_blind_spot=(1, 1))  # fmt: skip
-    card = ModelCard(name="tiny-gauss", network=cfg, noise=noise)
-    return save_model(tmp_path_factory.mktemp("models") / "gauss.pt", BlindSpotNet(cfg), card)
+def gaussian_path(gaussian_checkpoint: Callable[..., Path]) -> Path:
+    return gaussian_checkpoint("tiny-gauss")
 
 
 @pytest.fixture(scope="module")
@@ -186,21 +177,11 @@ GAIN, OFFSET, READ = 2.0, 100.0, 3.0  # the integrating detector of the movie be
 
 
 @pytest.fixture(scope="module")
-def wrong_gain_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A head=gaussian model (constant prior: the head's last weights at 0) whose card says gain x10: the movie
-    below is quieter than it claims, so the noise check fails (as offline: tests/export/test_posterior_runtime)."""
-    import torch
-
-    torch.manual_seed(1)
-    cfg = NetworkConfig(width=8, scales=2, blocks=1, head="gaussian")
-    net = BlindSpotNet(cfg).eval()
-    with torch.no_grad():
-        net.head[-1].weight.zero_()
-    gain = 10 * GAIN
-    noise = NoiseModel(method="difference", gain=gain, offset=OFFSET, read_noise=READ,
-                       intercept=READ**2 - gain * OFFSET, kernel=[[1.0]], recommended_blind_spot=(1, 1))  # fmt: skip
-    return save_model(tmp_path_factory.mktemp("wrong") / "wrong.pt", net, ModelCard(name="wrong", network=cfg,
-                                                                                     noise=noise))  # fmt: skip
+def wrong_gain_path(gaussian_checkpoint: Callable[..., Path]) -> Path:
+    """A head=gaussian model with a constant prior whose card says gain x10: the movie below is quieter than it
+    claims, so the noise check fails (as offline: tests/export/test_posterior_runtime)."""
+    return gaussian_checkpoint("wrong", seed=1, scales=2, gain=10 * GAIN, offset=OFFSET, read_noise=READ,
+                               constant_prior=True)  # fmt: skip
 
 
 def _integrating(frames: int = 12) -> np.ndarray:

@@ -239,20 +239,11 @@ def _health(url: str) -> dict[str, Any]:
 
 # --- the uncertainty map (emlive serve --uncertainty with a network.head=gaussian model) ------------------------
 @pytest.fixture(scope="module")
-def gaussian_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A tiny random-weight model with a variance head (as tests/stream/test_uncertainty.py makes), one thread."""
-    import torch
-
-    from emlive.core.modelcard import ModelCard, NoiseModel, save_model
-    from emlive.core.network import BlindSpotNet, NetworkConfig
+def gaussian_model(gaussian_checkpoint: Callable[..., Path]) -> Any:
+    """A tiny random-weight model with a variance head, one thread."""
     from emlive.export.runtime import Denoiser
 
-    torch.manual_seed(0)
-    cfg = NetworkConfig(width=8, scales=3, blocks=1, head="gaussian")
-    noise = NoiseModel(method="difference", gain=1.0, offset=0.0, read_noise=0.0, intercept=0.0, kernel=[[1.0]],
-                       recommended_blind_spot=(1, 1))  # fmt: skip
-    path = save_model(tmp_path_factory.mktemp("models") / "gauss.pt", BlindSpotNet(cfg),
-                      ModelCard(name="tiny-gauss", network=cfg, noise=noise))  # fmt: skip
+    path = gaussian_checkpoint("tiny-gauss")
     return Denoiser.load(path, "torch_cpu", threads=1)  # (no ONNX export: 3 s less; the display is the test)
 
 

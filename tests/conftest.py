@@ -1,0 +1,45 @@
+"""Fixtures every component's tests share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def gaussian_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``gaussian_checkpoint(name, *, scales=3, seed=0, gain=1.0, offset=0.0, read_noise=0.0, constant_prior=False)``:
+    a tiny random-weight ``network.head=gaussian`` checkpoint (width 8, 1 block) whose card carries that detector
+    noise model (gain x electrons + offset, Gaussian read noise; the defaults: a counting detector).
+    ``constant_prior``: the head's last weights at 0, so the prior is the same everywhere (the noise-check cases)."""
+
+    def make(
+        name: str,
+        *,
+        scales: int = 3,
+        seed: int = 0,
+        gain: float = 1.0,
+        offset: float = 0.0,
+        read_noise: float = 0.0,
+        constant_prior: bool = False,
+    ) -> Path:
+        import torch
+
+        from emlive.core.modelcard import ModelCard, NoiseModel, save_model
+        from emlive.core.network import BlindSpotNet, NetworkConfig
+
+        torch.manual_seed(seed)
+        cfg = NetworkConfig(width=8, scales=scales, blocks=1, head="gaussian")
+        net = BlindSpotNet(cfg).eval()
+        if constant_prior:
+            with torch.no_grad():
+                net.head[-1].weight.zero_()
+        noise = NoiseModel(method="difference", gain=gain, offset=offset, read_noise=read_noise,
+                           intercept=read_noise**2 - gain * offset, kernel=[[1.0]],
+                           recommended_blind_spot=(1, 1))  # fmt: skip
+        return save_model(tmp_path_factory.mktemp(name) / f"{name}.pt", net,
+                          ModelCard(name=name, network=cfg, noise=noise))  # fmt: skip
+
+    return make
