@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import zmq
 
-from emlive.core.protocol import Message, ProtocolError, parse_json_object
+from emlive.core.protocol import HeaderCache, Message, ProtocolError, decode, parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,24 @@ class PairTracker:
             return None
         self._waiting = None
         return replace(waiting, uncertainty=msg, received_at=now)
+
+
+def queued_messages(
+    sock: zmq.Socket[Any], limit: int, source: str | None, cache: HeaderCache | None = None
+) -> Iterator[Message | None]:
+    """The messages queued on ``sock`` (subscribed to a service's output), at most ``limit``, read without blocking
+    and decoded with the wire's checks (``cache``: this stream's :class:`~emlive.core.protocol.HeaderCache`); None
+    for each one refused, which is logged naming ``source``. One at a time: a display keeps only what it pairs."""
+    for _ in range(limit):
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            yield decode(parts, check_finite=False, cache=cache)
+        except ProtocolError as exc:
+            logger.warning("dropped a message from %s: %s", source, exc)
+            yield None
 
 
 def newest_status(sock: zmq.Socket[Any], limit: int, address: str | None) -> dict[str, Any] | None:

@@ -47,8 +47,8 @@ from vispy.visuals import ImageVisual
 from zmq.utils.monitor import recv_monitor_message
 
 from emlive.core.errors import EmliveError
-from emlive.core.framepairs import Pair, PairTracker, newest_status
-from emlive.core.protocol import HeaderCache, ProtocolError, connect, decode, open_socket
+from emlive.core.framepairs import Pair, PairTracker, newest_status, queued_messages
+from emlive.core.protocol import HeaderCache, connect, open_socket
 
 logger = logging.getLogger(__name__)
 
@@ -211,16 +211,9 @@ class LiveReceiver:
     def _drain_frames(self) -> None:
         newest: Pair | None = None
         frames = rejected = pairs = 0
-        for _ in range(MAX_DRAIN):
-            try:
-                parts = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            try:
-                msg = decode(parts, check_finite=False, cache=self._cache)
-            except ProtocolError as exc:
+        for msg in queued_messages(self._sub, MAX_DRAIN, self.source, self._cache):
+            if msg is None:
                 rejected += 1
-                logger.warning("dropped a message from %s: %s", self.source, exc)
                 continue
             frames += msg.data is not None
             pair = self._pairs.add(msg, time.time())

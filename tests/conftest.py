@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +45,18 @@ def gaussian_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
                           ModelCard(name=name, network=cfg, noise=noise))  # fmt: skip
 
     return make
+
+
+@pytest.fixture
+def free_tcp_port() -> Callable[[], str]:
+    """A tcp address on 127.0.0.1 whose port was free a moment ago (for a process started later)."""
+
+    def pick() -> str:
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sock.close()
+        return f"tcp://127.0.0.1:{port}"
+
+    return pick

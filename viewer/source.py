@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from emlive.core.framepairs import Pair, PairTracker, newest_status
-from emlive.core.protocol import Message, ProtocolError, connect, decode, open_socket
+from emlive.core.framepairs import Pair, PairTracker, newest_status, queued_messages
+from emlive.core.protocol import HeaderCache, Message, connect, open_socket
 from emlive.viewer.render import Channel, FramePair, bin_factor, make_channel
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class FrameSource:
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._pairs = PairTracker()
+        self._cache = HeaderCache()  # this stream's repeated frame headers, checked only where they differ
         self.received = 0
         self.rejected = 0
         self.prepared = 0
@@ -118,16 +119,9 @@ class FrameSource:
     def _drain_frames(self) -> Pair | None:
         """Read everything queued; returns the newest (raw, denoised) pair seen, unprepared, or None."""
         newest: Pair | None = None
-        for _ in range(MAX_DRAIN):
-            try:
-                parts = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            try:
-                msg = decode(parts, check_finite=False)
-            except ProtocolError as exc:
+        for msg in queued_messages(self._sub, MAX_DRAIN, self.source, self._cache):
+            if msg is None:
                 self.rejected += 1
-                logger.warning("dropped a message from %s: %s", self.source, exc)
                 continue
             header = msg.header
             now = time.time()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
-from types import ModuleType
 
 import mrcfile
 import numpy as np
@@ -23,17 +21,7 @@ from emlive.core.readers import (
     open_movie,
 )
 
-
-def _load_formats() -> ModuleType:
-    """tests/core/formats.py (minimal DM/SER/Velox writers), loaded by path: the tests folder is no package."""
-    spec = importlib.util.spec_from_file_location("emlive_tests_core_formats", Path(__file__).with_name("formats.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-formats = _load_formats()
+from . import formats  # minimal DM/SER/Velox writers (no library writes them)
 
 T, H, W = 4, 32, 48  # non-square, to catch H/W swaps
 PIXEL_NM = 0.25

@@ -35,15 +35,6 @@ def denoiser(gaussian_checkpoint: Callable[..., Path]) -> Any:
     return load_denoiser(gaussian_checkpoint("tiny-gauss"), "torch_cpu", threads=1)  # (no ONNX export: 3 s less)
 
 
-def _free_address() -> str:
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sock.close()
-    return f"tcp://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def detector() -> Iterator[DetectorSimulator]:
     """The detector simulator: a looping synthetic 64x64 movie at 20 frames/s."""
@@ -178,7 +169,9 @@ def test_live_widget_shows_the_service_frames_and_follows_it_away_and_back(
         published.close()
 
 
-def test_live_widget_reports_a_bad_address_and_receiver_errors(make_napari_viewer: Any, qtbot: Any) -> None:
+def test_live_widget_reports_a_bad_address_and_receiver_errors(
+    make_napari_viewer: Any, qtbot: Any, free_tcp_port: Callable[[], str]
+) -> None:
     viewer = make_napari_viewer()
     widget = LiveWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Live")
@@ -187,7 +180,7 @@ def test_live_widget_reports_a_bad_address_and_receiver_errors(make_napari_viewe
     assert text.startswith("error: ") and "'localhost:5556'" in text and "tcp://HOST:PORT" in text, text
     assert widget.receiver is None and widget.connect_button.isEnabled()
 
-    _connect(qtbot, widget, _free_address(), "")  # nobody there
+    _connect(qtbot, widget, free_tcp_port(), "")  # nobody there
     receiver = widget.receiver
     assert receiver is not None
     qtbot.waitUntil(lambda: widget.state_label.text().startswith("waiting for tcp://"), timeout=WAIT_MS)

@@ -4,10 +4,8 @@ manifest validated."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import mrcfile
 import numpy as np
@@ -20,20 +18,11 @@ from emlive.core.readers import Movie
 from emlive.napari_plugin.reader import PATH_KEY, PIXEL_KEY, get_reader
 from emlive.napari_plugin.sample import sample_movie, shipped_model
 
+from ..core import formats
+
 pytestmark = pytest.mark.timeout(120)
 
 
-def _load_formats() -> ModuleType:
-    """tests/core/formats.py (DM/SER/Velox writers), loaded by path: the tests folder is no package."""
-    path = Path(__file__).resolve().parents[1] / "core" / "formats.py"
-    spec = importlib.util.spec_from_file_location("emlive_tests_core_formats", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-formats = _load_formats()
 PIXEL_NM = 0.25
 
 

@@ -239,21 +239,6 @@ def emlive_proc() -> Iterator[Callable[[list[str], Path], Proc]]:
 
 
 @pytest.fixture
-def free_tcp_port() -> Callable[[], str]:
-    """A tcp address on 127.0.0.1 whose port was free a moment ago (for a process started later)."""
-
-    def pick() -> str:
-        ctx: zmq.Context[Any] = zmq.Context.instance()
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        sock.close()
-        return f"tcp://127.0.0.1:{port}"
-
-    return pick
-
-
-@pytest.fixture
 def services() -> Iterator[list[DenoiseService]]:
     """Services a test starts; each is stopped (sockets closed, threads joined) at teardown."""
     made: list[DenoiseService] = []

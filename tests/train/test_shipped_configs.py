@@ -12,10 +12,8 @@ blocks, augmentations, patches and loss stay as written.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -31,22 +29,14 @@ from emlive.train.api import train
 from emlive.train.config import Accelerator, TrainConfig, load_config, shipped_configs
 from emlive.train.estimate import estimate, run_shape
 
+from ..core import formats  # DM/SER/Velox writers (no library writes them)
+
 log = logging.getLogger(__name__)
 
 SHIPPED = shipped_configs()  # training configs; the distillation configs are covered by tests/train/test_distill.py
 SIZE = 32  # px: the tiny movie's frames, and the training crop
 FRAMES = 20
 MAX_STEP_SECONDS = 20.0
-
-
-def _load_formats() -> ModuleType:
-    """tests/core/formats.py: writers for DM, SER and Velox files (no library writes them)."""
-    path = Path(__file__).resolve().parents[1] / "core" / "formats.py"
-    spec = importlib.util.spec_from_file_location("emlive_tests_core_formats", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_file(path: Path, frames: np.ndarray) -> None:
@@ -60,11 +50,11 @@ def _write_file(path: Path, frames: np.ndarray) -> None:
     elif suffix == ".npy":
         np.save(path, frames)
     elif suffix in (".dm3", ".dm4"):
-        _load_formats().write_dm(path, frames, 0.1, version=int(suffix[-1]))
+        formats.write_dm(path, frames, 0.1, version=int(suffix[-1]))
     elif suffix == ".ser":
-        _load_formats().write_ser(path, frames, 1e-10)
+        formats.write_ser(path, frames, 1e-10)
     elif suffix == ".emd":
-        _load_formats().write_velox(path, frames, 1e-10)
+        formats.write_velox(path, frames, 1e-10)
     else:
         raise AssertionError(f"{path}: no writer for {suffix!r}; teach _write_file this config's format")
 
