@@ -216,7 +216,7 @@ class WindowCrops(Dataset[tuple[torch.Tensor, ...]]):
             target = src.normalized_crop(self.clean[src_i], t, y, x, (size, size))
         if self.augment is not None:
             window, target = self._augment(window, target, rng)
-        item = torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))
+        item = crop_tensors(window, target)
         if self.stats:
             return (*item, frame_stats_tensor(src, t))
         return item
@@ -258,6 +258,18 @@ class CleanWindows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         window = src.window(t, y, x, size, self.inner.n_frames)
         clean = np.array(src.binned_crop(self.clean[src_i], t, y, x, (size, size)))  # owned: collated later
         return torch.from_numpy(window), torch.from_numpy(clean[None]), frame_stats_tensor(src, t)
+
+
+def crop_tensors(window: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training pair as tensors: the (N, H, W) window and the (1, H, W) target, copied where a flip left a
+    negative stride. NumPy calls a reversed length-1 axis contiguous (a 1-frame window with reverse_frames), so
+    ``np.ascontiguousarray`` keeps its negative stride, which ``torch.from_numpy`` refuses."""
+    return _tensor(window), _tensor(target[None])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if min(array.strides, default=0) >= 0 else array.copy())
 
 
 def frame_stats_tensor(source: MovieSource, t: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ from emlive.train.api import (
     yaml_dump,
 )
 from emlive.train.config import AugmentConfig, DistillConfig, DistillTargets
-from emlive.train.data import MovieSource, WindowCrops
+from emlive.train.data import MovieSource, WindowCrops, crop_tensors
 from emlive.train.module import DenoiserModule
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class TeacherCrops(WindowCrops):
         target = np.array(self.targets[src_i][t - src.first, y : y + size, x : x + size], dtype=np.float32)
         if self.augment is not None:
             window, target = self._augment(window, target, rng)
-        return torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(target[None]))
+        return crop_tensors(window, target)
 
 
 def _targets_key(teacher: Path, source: MovieSource, frames: int, ensemble: Ensemble) -> dict[str, Any]:
