@@ -34,7 +34,16 @@ run by the worker that denoises the movie's first shard it gets, cached per (mod
 process, and decides posterior or blind (``--estimate`` forces one: the check then only warns). It is
 deterministic (same frames, same engine), so every shard, worker, array task and re-run decides the same; each
 shard's estimate is recorded in the manifest and a movie whose shards disagree is refused before it is assembled.
-``--uncertainty`` is refused by batch jobs (the maps are written by single-process runs only).
+
+``--uncertainty PATH`` (such a model only: a model without a variance head is refused before any work, with the
+single-process message, :func:`emlive.export.estimates.needs_variance_head` on the card the driver reads) gives each
+movie the uncertainty map single-process ``emlive denoise`` writes, bit for bit: the same names
+(:func:`emlive.analysis.uncertainty.uncertainty_paths`: a folder gets each map under its movie's output name, a
+file suffix is for one movie only; TIFF and MRC outputs), the std of each output frame in the movie's estimate.
+Each shard writes its map part (float32) beside its denoised part, both from one pass of the runtime; the map
+part's size and BLAKE2b hash are recorded on the shard's manifest line, a re-run redoes a shard whose map part is
+missing or changed, and the movie's line records its map. The map is assembled with the movie, by the same writer
+as the single-process map. PATH is part of the job's identity (another PATH, or none, is another job).
 
 Dask is imported only here, and only when a cluster is asked for: the rest of emlive never imports it.
 """
@@ -73,11 +82,12 @@ from emlive.analysis.denoise import (
     parse_frames,
     plan_jobs,
 )
-from emlive.analysis.uncertainty import movie_estimate
+from emlive.analysis.uncertainty import movie_estimate, uncertainty_paths
 from emlive.core.errors import ConfigError, InputFileError
 from emlive.core.posterior import Estimate
 from emlive.core.readers import Movie, load_gain, open_movie
 from emlive.core.writers import open_writer
+from emlive.export.estimates import needs_variance_head
 
 if TYPE_CHECKING:
     from emlive.export.runtime import Denoiser
@@ -173,6 +183,7 @@ class BatchOptions(BaseModel):
     frames: tuple[int | None, int | None] = (None, None)
     shard_frames: int = Field(default=DEFAULT_SHARD_FRAMES, ge=1, le=1_000_000)
     estimate: Estimate | None = None  # --estimate: forced (the noise check then only warns); None: per movie
+    uncertainty: Path | None = None  # --uncertainty: a file (one movie) or a folder for the maps
     overwrite: bool = False
     progress: bool = True
 
@@ -204,10 +215,16 @@ class Shard:
     dtype: str = "float32"
     first: int = 0
     last: int = 0
+    map_part: str = ""  # --uncertainty: the part of the movie's uncertainty map (empty: no map)
 
     @property
     def frames(self) -> int:
         return self.stop - self.start
+
+    @property
+    def part_paths(self) -> tuple[str, ...]:
+        """The files this shard writes, in the order of :func:`write_parts`: its denoised frames, then its map's."""
+        return (self.part, self.map_part) if self.map_part else (self.part,)
 
     @property
     def part_bytes(self) -> int:
@@ -226,6 +243,8 @@ class PartResult:
     seconds: float
     worker: str
     estimate: str | None = None  # the movie's estimate for a probabilistic model (the same for all its shards)
+    map_bytes: int | None = None  # --uncertainty: the map part's size and hash
+    map_blake2b: str | None = None
 
 
 @dataclass
@@ -236,6 +255,7 @@ class BatchReport:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    maps: list[str] = field(default_factory=list)  # --uncertainty: the maps written with those movies
     frames: int = 0
     seconds: float = 0.0  # wall time of the job, first task submitted to last movie written
     busy_seconds: float = 0.0  # the shard tasks' own time, summed over the workers
@@ -304,28 +324,56 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_part(shard: Shard, frames: Iterable[tuple[int, np.ndarray]]) -> tuple[int, str]:
-    """Write a shard's float32 frames to its part file (temp name, fsync, rename); returns (bytes, blake2b)."""
-    part = Path(shard.part)
-    tmp = _tmp_name(part)
-    digest = hashlib.blake2b(digest_size=20)
-    size = 0
-    with tmp.open("wb") as fh:
-        for t, frame in frames:
-            if frame.dtype != np.float32:
-                raise RuntimeError(f"{shard.input}: the runtime gave frame {t} as {frame.dtype}, not float32: a bug")
-            data = np.ascontiguousarray(frame, dtype=PART_DTYPE).tobytes()
-            fh.write(data)
-            digest.update(data)
-            size += len(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if size != shard.part_bytes:
-        tmp.unlink()
-        raise RuntimeError(f"{shard.input}: shard {shard.key} gave {size} bytes, {shard.part_bytes} expected: a bug")
-    os.replace(tmp, part)
-    _fsync_dir(part.parent)
-    return size, digest.hexdigest()
+class _PartFile:
+    """One part file being written: under a temporary name, hashed (BLAKE2b) as it goes, renamed when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, _tmp_name(path)
+        self.digest = hashlib.blake2b(digest_size=20)
+        self.size = 0
+        self._fh = self.tmp.open("wb")
+
+    def append(self, where: str, t: int, frame: np.ndarray) -> None:
+        if frame.dtype != np.float32:
+            raise RuntimeError(f"{where}: the runtime gave frame {t} as {frame.dtype}, not float32: a bug")
+        data = np.ascontiguousarray(frame, dtype=PART_DTYPE).tobytes()
+        self._fh.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def commit(self, shard: Shard) -> tuple[int, str]:
+        """fsync, check the size, rename to the part's name; (bytes, blake2b)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self.size != shard.part_bytes:
+            raise RuntimeError(
+                f"{shard.input}: shard {shard.key} gave {self.size} bytes for {self.path.name}, {shard.part_bytes} "
+                "expected: a bug"
+            )
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.size, self.digest.hexdigest()
+
+    def discard(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_parts(shard: Shard, frames: Iterable[tuple[int, Sequence[np.ndarray]]]) -> list[tuple[int, str]]:
+    """Write a shard's float32 frames to its part files (:attr:`Shard.part_paths`: each ``(t, planes)`` gives one
+    frame to each, the denoised frame and, with a map, its std); each is written under a temporary name, fsynced and
+    renamed when complete (all or none). Returns (bytes, blake2b) per file."""
+    files = [_PartFile(Path(p)) for p in shard.part_paths]
+    try:
+        for t, planes in frames:
+            for part, plane in zip(files, planes, strict=True):
+                part.append(shard.input, t, plane)
+        return [part.commit(shard) for part in files]
+    except BaseException:
+        for part in files:
+            part.discard()
+        raise
 
 
 def part_digest(path: Path) -> str:
@@ -338,7 +386,8 @@ def part_digest(path: Path) -> str:
 
 @dataclass(frozen=True)
 class MovieTarget:
-    """One movie's output: where, in which pixel type, from which parts (in frame order)."""
+    """One movie's output: where, in which pixel type, from which parts (in frame order); with --uncertainty, its
+    map (float32) and the map's parts."""
 
     output: str
     dtype: str
@@ -346,44 +395,73 @@ class MovieTarget:
     height: int
     width: int
     parts: tuple[tuple[str, int], ...]  # (part path, frames)
+    map_output: str | None = None
+    map_parts: tuple[tuple[str, int], ...] = ()
+
+    def files(self) -> list[tuple[Path, str, tuple[tuple[str, int], ...]]]:
+        """(file, pixel type, parts) of what is assembled: the map first, then the movie (whose record says all
+        is written)."""
+        movie = (Path(self.output), self.dtype, self.parts)
+        return [movie] if self.map_output is None else [(Path(self.map_output), "float32", self.map_parts), movie]
+
+
+def _assembling_name(out: Path, folder: Path) -> Path:
+    """A temporary name in ``folder`` for assembling ``out`` (its suffix kept: the writer's format)."""
+    return folder / f".{out.stem}.assembling-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}"
 
 
 def assemble_file(target: MovieTarget) -> str:
-    """Write the movie from its parts with the single-process path's writer (temp name, fsync, rename)."""
-    out = Path(target.output)
-    parts_dir = Path(target.parts[0][0]).parent
-    tmp = parts_dir / f"{out.stem}.assembling-{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}"
+    """Write the movie, and its map, from their parts with the single-process path's writers: each into a temporary
+    file (the movie's in the parts folder, the map's beside it: no rename across file systems), fsynced, renamed."""
     shape = (target.height, target.width)
-    with open_writer(tmp, shape, target.dtype, target.pixel_size_nm) as writer:
-        for part, frames in target.parts:
-            data = np.memmap(part, dtype=PART_DTYPE, mode="r", shape=(frames, *shape))
-            for frame in data:
-                writer.append(np.asarray(frame, dtype=np.float32))
-            del data
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    _fsync_dir(out.parent)
-    return str(out)
+    for out, dtype, parts in target.files():
+        tmp = _assembling_name(out, Path(parts[0][0]).parent if out == Path(target.output) else out.parent)
+        with open_writer(tmp, shape, dtype, target.pixel_size_nm) as writer:
+            for part, frames in parts:
+                data = np.memmap(part, dtype=PART_DTYPE, mode="r", shape=(frames, *shape))
+                for frame in data:
+                    writer.append(np.asarray(frame, dtype=np.float32))
+                del data
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    return target.output
 
 
-def _file_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> tuple[int, str]:
-    return write_part(shard, denoiser.denoise_movie(movie, shard.start, shard.stop, estimate=estimate))
+def _file_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> list[tuple[int, str]]:
+    if not shard.map_part:
+        plain = denoiser.denoise_movie(movie, shard.start, shard.stop, estimate=estimate)
+        return write_parts(shard, ((t, (frame,)) for t, frame in plain))
+    # one pass gives the frame and its std (emlive.analysis.uncertainty.MovieEstimate.frames writes the same)
+    found = denoiser.denoise_movie(movie, shard.start, shard.stop, uncertainty=True, estimate=estimate)
+    return write_parts(shard, ((t, (d.mean, d.std)) for t, d in found))
+
+
+def _intact(path: str, expected: int, record_bytes: Any, record_hash: Any) -> bool:
+    part = Path(path)
+    if not part.is_file() or part.stat().st_size != expected or record_bytes != expected:
+        return False
+    return part_digest(part) == record_hash
 
 
 def _valid_part(shard: Shard, record: dict[str, Any]) -> bool:
-    part = Path(shard.part)
-    if not part.is_file() or part.stat().st_size != shard.part_bytes or record.get("bytes") != shard.part_bytes:
+    """The shard's part, and its map part, are on disk with the recorded size and hash."""
+    if not _intact(shard.part, shard.part_bytes, record.get("bytes"), record.get("blake2b")):
         return False
-    return part_digest(part) == record.get("blake2b")
+    return not shard.map_part or _intact(shard.map_part, shard.part_bytes, record.get("map_bytes"),
+                                         record.get("map_blake2b"))  # fmt: skip
 
 
 def _valid_file(output: str, record: dict[str, Any]) -> bool:
-    path = Path(output)
-    return path.is_file() and path.stat().st_size == record.get("bytes")
+    """The movie, and its map when it has one, are on disk with the recorded sizes."""
+    files = [(output, record.get("bytes"))]
+    if record.get("map") is not None:
+        files.append((record["map"], record.get("map_bytes")))
+    return all(Path(path).is_file() and Path(path).stat().st_size == size for path, size in files)
 
 
-def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> tuple[int, str]:
+def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estimate | None) -> list[tuple[int, str]]:
     """Write a shard's frames straight into the movie's OME-Zarr store (created by the first shard, under a lock)."""
     from emlive.analysis.denoise import open_zarr_output
     from emlive.core.zarrio import ZarrMovieStore
@@ -400,7 +478,7 @@ def _zarr_shard(shard: Shard, movie: Movie, denoiser: Denoiser, estimate: Estima
         os.close(fd)
     for t, frame in denoiser.denoise_movie(movie, shard.start, shard.stop, estimate=estimate):
         store.write_frame(t - shard.first, frame)
-    return shard.frames * shard.height * shard.width * store.dtype.itemsize, "zarr"
+    return [(shard.frames * shard.height * shard.width * store.dtype.itemsize, "zarr")]
 
 
 def _zarr_shard_done(shard: Shard, record: dict[str, Any]) -> bool:
@@ -430,7 +508,8 @@ def _zarr_finished(output: str, record: dict[str, Any]) -> bool:
 class OutputKind:
     """How one output format gets a shard's frames and becomes a movie (the seam for each format)."""
 
-    write_shard: Callable[[Shard, Movie, Denoiser, Estimate | None], tuple[int, str]]  # on a worker: (bytes, hash)
+    # on a worker: (bytes, hash) of each file written (Shard.part_paths)
+    write_shard: Callable[[Shard, Movie, Denoiser, Estimate | None], list[tuple[int, str]]]
     shard_done: Callable[[Shard, dict[str, Any]], bool]  # is a recorded shard intact on disk (resume)?
     assemble: Callable[[MovieTarget], str]  # once every shard is done
     finished: Callable[[str, dict[str, Any]], bool]  # is a recorded movie intact on disk (resume)?
@@ -468,12 +547,13 @@ def run_shard(
         if gain_image is not None:
             movie.set_gain(gain_image)
         chosen = movie_decision(shard, movie, denoiser, (model, gain), estimate)
-        size, digest = _kind(fmt).write_shard(shard, movie, denoiser, chosen)
+        (size, digest), *of_map = _kind(fmt).write_shard(shard, movie, denoiser, chosen)
     seconds = time.perf_counter() - began
     worker = f"{os.uname().nodename}:{os.getpid()}"
     logger.info("shard %s (%d frames) done in %.2f s on %s", shard.key, shard.frames, seconds, worker)
+    map_size, map_digest = of_map[0] if of_map else (None, None)
     return PartResult(shard.key, shard.movie, size, digest, shard.frames, seconds, worker,
-                      None if chosen is None else chosen.value)  # fmt: skip
+                      None if chosen is None else chosen.value, map_size, map_digest)  # fmt: skip
 
 
 def movie_decision(
@@ -505,10 +585,14 @@ def assemble_movie(target: MovieTarget, fmt: str) -> str:
 
 
 def remove_parts(target: MovieTarget) -> None:
-    """Remove a movie's parts and the temp files a killed task left."""
-    for part, _ in target.parts:
+    """Remove a movie's parts (and its map's) and the temp files a killed task or assembly left."""
+    for part, _ in (*target.parts, *target.map_parts):
         for leftover in Path(part).parent.glob(Path(part).name + "*"):
             leftover.unlink(missing_ok=True)
+    for out, _, parts in target.files():
+        for folder in {out.parent, Path(parts[0][0]).parent}:
+            for leftover in folder.glob(f".{out.stem}.assembling-*{out.suffix}"):
+                leftover.unlink(missing_ok=True)
 
 
 # --- the manifest ------------------------------------------------------------------------------------------------
@@ -580,7 +664,9 @@ def _stat(path: Path) -> dict[str, Any]:
 def job_identity(
     jobs: Sequence[DenoiseJob], model: Path, gain: Path | None, options: BatchOptions, frames_text: str
 ) -> dict[str, Any]:
-    """Everything that decides the output's bytes (threads do not: the engines give the same bits)."""
+    """Everything that decides the output's bytes (threads do not: the engines give the same bits); the
+    uncertainty PATH only when given (a job without maps keeps the identity it always had)."""
+    maps = {} if options.uncertainty is None else {"uncertainty": str(options.uncertainty.resolve())}
     return {
         "emlive": __version__,
         "model": {"path": str(model.resolve()), "sha256": _file_sha256(model)},
@@ -592,6 +678,7 @@ def job_identity(
         "frames": frames_text,
         "shard_frames": options.shard_frames,
         "estimate": None if options.estimate is None else options.estimate.value,
+        **maps,
         "movies": [
             {"input": str(j.input.resolve()), **_stat(j.input), "output": str(j.output.resolve()), "start": j.start,
              "stop": j.stop, "format": j.format.value, "dtype": str(j.dtype)}
@@ -631,8 +718,9 @@ def plan_inputs(
     return jobs
 
 
-def split_jobs(jobs: Sequence[DenoiseJob], shard_frames: int, parts_dir: Path) -> list[Shard]:
-    """Cut every movie into ranges of ``shard_frames`` to ``2 * shard_frames - 1`` frames (whole when shorter)."""
+def split_jobs(jobs: Sequence[DenoiseJob], shard_frames: int, parts_dir: Path, with_maps: bool = False) -> list[Shard]:
+    """Cut every movie into ranges of ``shard_frames`` to ``2 * shard_frames - 1`` frames (whole when shorter);
+    ``with_maps``: each shard also writes a map part (--uncertainty)."""
     shards: list[Shard] = []
     for m, job in enumerate(jobs):
         n = job.stop - job.start
@@ -641,15 +729,19 @@ def split_jobs(jobs: Sequence[DenoiseJob], shard_frames: int, parts_dir: Path) -
         for a, b in itertools.pairwise(bounds):
             key = f"{m:04d}:{a}-{b}"
             part = parts_dir / f"{m:04d}-{job.output.name}.{a:09d}-{b:09d}.part"
+            map_part = part.with_suffix(".std.part") if with_maps else ""
             shards.append(Shard(len(shards), key, m, str(job.input), str(part), a, b, job.shape[1], job.shape[2],
-                                str(job.output), str(job.dtype), job.start, job.stop))  # fmt: skip
+                                str(job.output), str(job.dtype), job.start, job.stop, str(map_part)))  # fmt: skip
     return shards
 
 
-def _target(job: DenoiseJob, shards: Sequence[Shard], pixel_size_nm: float | None) -> MovieTarget:
+def _target(
+    job: DenoiseJob, shards: Sequence[Shard], pixel_size_nm: float | None, map_output: Path | None
+) -> MovieTarget:
     return MovieTarget(
         str(job.output), str(job.dtype), pixel_size_nm, job.shape[1], job.shape[2],
-        tuple((s.part, s.frames) for s in shards),
+        tuple((s.part, s.frames) for s in shards), None if map_output is None else str(map_output),
+        tuple((s.map_part, s.frames) for s in shards if s.map_part),
     )  # fmt: skip
 
 
@@ -694,18 +786,20 @@ def _recorded(state: _State) -> None:
 
 
 def _check_outputs(targets: Sequence[MovieTarget], overwrite: bool) -> None:
-    """A new job: refuse outputs in the way (or, with --overwrite, remove the stores that would be reopened)."""
+    """A new job: refuse outputs and maps in the way (or, with --overwrite, remove the stores that would be
+    reopened)."""
     for target in targets:
-        out = Path(target.output)
-        if not out.exists():
-            continue
-        if not overwrite:
-            raise InputFileError(
-                f"{out}: the output exists and this folder's manifest did not write it; pass --overwrite to replace "
-                "it, or choose another output folder"
-            )
-        if out.is_dir():  # an OME-Zarr store: the shards would reopen it (files are replaced when assembled)
-            shutil.rmtree(out)
+        for out, _, _ in target.files():
+            if not out.exists():
+                continue
+            if not overwrite:
+                raise InputFileError(
+                    f"{out}: the {'uncertainty map' if str(out) == target.map_output else 'output'} exists and this "
+                    "folder's manifest did not write it; pass --overwrite to replace it, or choose another output "
+                    "folder"
+                )
+            if out.is_dir():  # an OME-Zarr store: the shards would reopen it (files are replaced when assembled)
+                shutil.rmtree(out)
 
 
 def _open_manifest(
@@ -751,11 +845,12 @@ def _prepare(
             raise InputFileError(f"{gain}: no such gain reference; check the --gain path")
         gain_image = load_gain(gain)
     jobs = plan_inputs([Path(p) for p in inputs], outdir, options.fmt, options.dtype, options.frames, gain_image)
+    maps = _map_paths(jobs, model, options.uncertainty)
     outdir.mkdir(parents=True, exist_ok=True)
     identity = job_identity(jobs, model, gain, options, frames_text)
     manifest, new = _open_manifest(outdir, identity, options.overwrite, shard)
-    shards = split_jobs(jobs, options.shard_frames, outdir / PARTS_DIR)
-    targets = [_target(j, [s for s in shards if s.movie == m], _pixel_size(j)) for m, j in enumerate(jobs)]
+    shards = split_jobs(jobs, options.shard_frames, outdir / PARTS_DIR, with_maps=options.uncertainty is not None)
+    targets = [_target(j, [s for s in shards if s.movie == m], _pixel_size(j), maps[m]) for m, j in enumerate(jobs)]
     if new:
         _check_outputs(targets, options.overwrite)
         manifest.append({"kind": "job", "identity": identity, "time": time.time()})
@@ -764,15 +859,43 @@ def _prepare(
     return state
 
 
+def _map_paths(jobs: Sequence[DenoiseJob], model: Path, uncertainty: Path | None) -> list[Path | None]:
+    """Each movie's uncertainty map (None without --uncertainty), named and checked by the single-process rule
+    (:func:`emlive.analysis.uncertainty.uncertainty_paths`; existing maps are refused with the outputs, by
+    :func:`_check_outputs`, as a resumed job has written them), and the model's variance head: refused before any
+    work, with the single-process message, from the card alone (the driver builds no engine)."""
+    if uncertainty is None:
+        return [None] * len(jobs)
+    found = uncertainty_paths([(j.input, j.output) for j in jobs], uncertainty, overwrite=True)
+    from emlive.export.runtime import read_card
+
+    needs_variance_head(read_card(model), str(model))
+    for path in found:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputFileError(
+                f"--uncertainty {path}: cannot create the folder {path.parent} ({exc}); choose another PATH"
+            ) from exc
+    return [*found]
+
+
 def _record_part(state: _State, result: PartResult) -> None:
     state.manifest.append({"kind": "shard", **asdict(result)})
     state.done.add(result.key)
 
 
-def _record_movie(state: _State, output: str) -> None:
-    size = Path(output).stat().st_size if Path(output).is_file() else 0  # a store is a folder
-    state.manifest.append({"kind": "movie", "output": output, "bytes": size})
-    state.assembled.add(output)
+def _file_size(path: str) -> int:
+    return Path(path).stat().st_size if Path(path).is_file() else 0  # a store is a folder
+
+
+def _record_movie(state: _State, m: int) -> None:
+    target = state.targets[m]
+    record: dict[str, Any] = {"kind": "movie", "output": target.output, "bytes": _file_size(target.output)}
+    if target.map_output is not None:
+        record |= {"map": target.map_output, "map_bytes": _file_size(target.map_output)}
+    state.manifest.append(record)
+    state.assembled.add(target.output)
 
 
 class _Executor:
@@ -866,10 +989,13 @@ def _run(state: _State, executor: _Executor, todo: list[Shard], shard: ShardSpec
                     executor.submit_assembly(m)
             else:
                 m, output = result
-                _record_movie(state, output)
+                _record_movie(state, m)
                 remove_parts(state.targets[m])
                 report.outputs.append(output)
-                logger.info("assembled %s", output)
+                map_output = state.targets[m].map_output
+                if map_output is not None:
+                    report.maps.append(map_output)
+                logger.info("assembled %s%s", output, "" if map_output is None else f" and its map {map_output}")
     report.seconds = time.perf_counter() - began
 
 
@@ -1019,7 +1145,8 @@ def denoise_batch(
     ``cluster``: a :class:`ClusterSpec` or its text (``local:N``, an address, ``slurm:N``, ``pbs:N``); ``client``: a
     running dask Client instead; neither: the shards run in this process. ``shard``: only the shards whose index %
     N == i. ``options``: the fields of :class:`BatchOptions` (backend, tile, threads, dtype, fmt, shard_frames,
-    overwrite, progress). Outputs equal :func:`emlive.analysis.denoise.denoise_path`'s bit for bit.
+    estimate, uncertainty, overwrite, progress). Outputs, and uncertainty maps, equal
+    :func:`emlive.analysis.denoise.denoise_path`'s bit for bit.
     """
     spec = ClusterSpec.parse(cluster) if isinstance(cluster, str) else cluster
     part = ShardSpec.parse(shard) if isinstance(shard, str) else shard

@@ -244,7 +244,8 @@ Before each movie the noise model is checked on its own frames; the predicted ga
 A failed check warns and falls back to the blind output, unless --estimate posterior is given. --estimate blind
 always gives the blind output. --uncertainty PATH also writes, per frame, the std of the output (posterior std, or
 the prior std for blind) in the input's units, float32, beside the movie in its format (PATH: a file for one
-movie, else a folder; TIFF and MRC outputs).
+movie, else a folder that gets each movie's map under the movie's output name; TIFF and MRC outputs; batch jobs
+write the same maps, bit for bit).
 
 Batch jobs (several INPUTs, --cluster or --shard; OUTPUT is then a folder): the movies are cut into shards of
 --shard-frames frames, run as tasks, and each movie is assembled from its parts into a file bit-identical to the
@@ -254,7 +255,8 @@ were in flight); another model or other options are refused unless --overwrite. 
 processes here (one thread each, --threads per engine: the cores split between them by default), tcp://HOST:PORT a
 running dask scheduler, slurm:N / pbs:N N workers through dask-jobqueue (its jobqueue.yaml; docs/cluster/). --shard
 i/N runs, in this process, the shards whose index % N == i: one task of a SLURM array job each, sharing the
-folder's manifest.
+folder's manifest. With --uncertainty each shard also writes its map's part, hashed and recorded with it, and each
+map is assembled with its movie; the PATH is part of the job (another one is another job).
 """
 
 
@@ -298,7 +300,8 @@ def denoise_command(
     uncertainty: Path | None = typer.Option(
         None,
         "--uncertainty",
-        help="Also write the std of each output frame (probabilistic models) here: a .tif/.mrc file or a folder.",
+        help="Also write the std of each output frame (probabilistic models) here: a .tif/.mrc file (one movie) "
+        "or a folder (each map under its movie's output name; batch jobs too).",
     ),
     preview: Path | None = typer.Option(
         None,
@@ -331,18 +334,11 @@ def denoise_command(
                 "--resume: a batch job (several INPUTs, --cluster or --shard) resumes by itself from its folder's "
                 "emlive-manifest.jsonl; drop --resume and run the same command again"
             )
-        if uncertainty is not None:
-            from emlive.core.errors import ConfigError
-
-            raise ConfigError(
-                "--uncertainty: batch jobs (several INPUTs, --cluster or --shard) do not write uncertainty maps yet "
-                "(their outputs and --estimate are the single-process ones); run `emlive denoise` on one movie (or a "
-                "folder of movies) without --cluster/--shard to get the maps"
-            )
         _denoise_batch(inputs, output, model, backend=backend, tile=tile, dtype=dtype.value,
                        fmt=None if fmt is None else fmt.value, gain=gain, frames=frames, threads=threads,
                        overwrite=overwrite, progress=progress, as_json=as_json, cluster=cluster, shard=shard,
-                       shard_frames=shard_frames, estimate=None if estimate is None else estimate.value)  # fmt: skip
+                       shard_frames=shard_frames, estimate=None if estimate is None else estimate.value,
+                       uncertainty=uncertainty)  # fmt: skip
         return
     from emlive.analysis.denoise import denoise_path
     from emlive.analysis.preview import MoviePreview
@@ -400,6 +396,8 @@ def _denoise_batch(
         f"on {len(report.workers)} worker(s)), {len(report.skipped)} already done; {len(report.outputs)} movie(s) "
         f"written, of {report.shards} shard(s) in all"
     )
+    for path in report.maps:
+        typer.echo(f"uncertainty map: {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -238,6 +238,12 @@ class _Model:
         return self._onnx
 
 
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a model file, read as :meth:`Denoiser.load` reads it but without building an engine (a batch
+    job's driver checks the model before any work, with no GPU needed)."""
+    return _load_model(Path(path)).card
+
+
 def _load_model(path: Path) -> _Model:
     kind = model_kind(path)
     if not path.is_file():

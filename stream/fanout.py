@@ -8,7 +8,8 @@ step. The pipeline asks this object instead of running a job itself (its ``fanou
     submit(job) ──► dispatch: the free worker ──── job: indices + missing frames ───► inferworker (own engine,
                     holding most of the window                                        own float32 ring)
     pump()     ◄── reorder buffer by ticket ◄─── result: ticket + float32 frame ────
-                    └─► publish(job, frame) in ticket order (the pipeline's one publish path)
+                    │                               (+ its float32 std map, --uncertainty)
+                    └─► publish(job, frame, std) in ticket order (the pipeline's one publish path)
 
 * **Credit**: a worker holds at most ``credit`` jobs (lossless: 2, so it never waits for the next; live: 1, so a
   frame waits for a free engine, never in a worker's queue). Nothing is queued beyond that: in lossless mode
@@ -16,9 +17,18 @@ step. The pipeline asks this object instead of running a job itself (its ``fanou
   back and, through the bounded input queue, the detector (back-pressure, as with one engine). In live mode the
   newest window waits for the next free worker and older waiting ones are counted ``skipped``
   (:func:`~emlive.stream.window.live_selection`).
-* **Order**: each dispatched job gets the next ticket; results are published strictly in ticket order (a bounded
-  reorder buffer: at most workers x credit jobs are in flight). Events (``start``/``end``) and closing a
-  recording wait until every job before them is published (:meth:`FanOut.drain`).
+* **Order**: each dispatched job gets the next ticket; results are published strictly in ticket order (at most
+  workers x credit jobs are in flight; the results waiting behind a slower one are bounded in bytes, below).
+  Events (``start``/``end``) and closing a recording wait until every job before them is published
+  (:meth:`FanOut.drain`).
+* **Memory**: the results in flight and waiting for their turn are bounded in bytes too (``flight_bytes``; the
+  service gives them the working half of its memory budget, :mod:`emlive.stream.budget`, whose model buffers live
+  in the workers here): a job is dispatched only when its result (the frame, and its std map with
+  ``uncertainty``: twice the bytes) fits beside those held, except the job next in order (so order never stalls).
+* **Estimate and uncertainty**: the workers load the model for the service's ``--estimate`` (checked in their
+  ``hello``); a variance-head model's jobs carry the acquisition's estimate as the service's noise check decides
+  (:mod:`emlive.stream.livecheck`: the workers measure, the service decides), and with ``uncertainty`` each
+  result carries the std map, published after its frame as with one engine.
 * **Bytes**: a job carries the window's indices and only the frames the worker's ring lacks
   (:class:`~emlive.stream.inferworker.RingMirror`); the dispatcher prefers the free worker that holds most of the
   window. Each worker normalises only the frames it is sent; the output is bit-identical to one engine, since
@@ -51,11 +61,12 @@ import numpy as np
 import zmq
 
 from emlive.core.errors import ConfigError, EmliveError
-from emlive.core.posterior import CheckParts
+from emlive.core.posterior import CheckParts, Estimate
 from emlive.core.processes import ChildProcesses, describe_exit
 from emlive.core.protocol import encode_json, parse_json_object
 from emlive.stream.inferworker import (
     ERROR,
+    ESTIMATES,
     HELLO,
     JOB,
     RESULT,
@@ -72,7 +83,10 @@ from emlive.stream.window import WindowJob, live_selection
 logger = logging.getLogger("emlive.stream.service.fanout")
 
 MAX_WORKERS = 64
-Publish = Callable[[WindowJob, np.ndarray, float, float, float], None]
+MAX_WINDOW = 64  # the most frames a worker's model may say it takes (models take 1..9)
+MAX_NAME = 512  # the longest name, backend or device string a worker's hello may carry
+# (job, frame, t0, t1, t2, std map or None, the acquisition's estimate or None): Pipeline.publish_result
+Publish = Callable[[WindowJob, np.ndarray, float, float, float, np.ndarray | None, Estimate | None], None]
 
 
 @dataclass
@@ -89,10 +103,17 @@ class WorkerSettings:
     timeout_s: float = 10.0
     startup_s: float = 120.0
     credit: int | None = None  # default: 2 lossless, 1 live
+    estimate: str | None = None  # the service's --estimate (None: the model's default)
+    uncertainty: bool = False  # each result carries the frame's std map (a variance-head model)
+    flight_bytes: int | None = None  # bytes of results in flight and waiting for order (None: credit only)
 
     def validate(self) -> None:
         if not 2 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers={self.workers}: a fan-out needs 2..{MAX_WORKERS} (1 runs in the service)")
+        if self.estimate is not None and self.estimate not in ESTIMATES:
+            raise ConfigError(f"estimate {self.estimate!r}: use one of {', '.join(ESTIMATES)}, or None")
+        if self.flight_bytes is not None and self.flight_bytes < 1:
+            raise ConfigError(f"flight_bytes={self.flight_bytes}: must be >= 1 byte (or None)")
         if not 0.05 <= self.heartbeat_s < self.timeout_s:
             raise ConfigError(
                 f"heartbeat {self.heartbeat_s} s, timeout {self.timeout_s} s: the heartbeat must be >= 0.05 s and "
@@ -129,6 +150,42 @@ class Flight:
     worker: Worker
     sent: float
     sample: bool = False  # the worker measures this frame for the acquisition's noise check
+    estimate: Estimate | None = None  # the acquisition's, as the noise check decided (None: the model's own)
+
+
+@dataclass
+class Result:
+    """A job's answer waiting for its turn: the frame and its std map (None: skipped or failed), times."""
+
+    job: WindowJob
+    out: np.ndarray | None = None
+    std: np.ndarray | None = None
+    estimate: Estimate | None = None
+    times: tuple[float, float, float] = (0.0, 0.0, 0.0)  # sent, inference started, received (perf_counter)
+
+
+def checked_model_info(info: Any) -> dict[str, Any]:
+    """A worker's ``hello`` model info, every field the service reads bounded; EmliveError naming the field."""
+    if not isinstance(info, dict):
+        raise EmliveError(f"model info {str(info)[:40]!r}: a JSON object")
+    for key in ("name", "backend", "device"):
+        if not isinstance(info.get(key), str) or len(info[key]) > MAX_NAME:
+            raise EmliveError(f"model {key} {str(info.get(key))[:40]!r}: a string of at most {MAX_NAME} characters")
+    checks = {
+        "frames": (lambda v: type(v) is int and 1 <= v <= MAX_WINDOW, f"an integer 1..{MAX_WINDOW}"),
+        "channels": (lambda v: type(v) is int and v in (1, 2), "1 (a mean head) or 2 (a variance head)"),
+        "estimate": (lambda v: v in ESTIMATES, " or ".join(ESTIMATES)),
+        "noise_model": (lambda v: isinstance(v, bool), "true or false"),
+        "width": (lambda v: v is None or (type(v) is int and 1 <= v <= 1 << 16), "null or an integer 1..65536"),
+        "blind_spot": (
+            lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)),
+            "null or [height, width]",
+        ),
+    }
+    for key, (ok, rule) in checks.items():
+        if not ok(info.get(key)):
+            raise EmliveError(f"model {key} {str(info.get(key))[:40]!r}: {rule}")
+    return info
 
 
 class RemoteModel:
@@ -170,7 +227,8 @@ class FanOut:
         self._ticket = 0  # the next ticket to give
         self._next = 0  # the next ticket to publish
         self._flights: dict[int, Flight] = {}
-        self._done: dict[int, tuple[WindowJob, np.ndarray | None, float, float, float]] = {}
+        self._done: dict[int, Result] = {}
+        self.peak_bytes = 0  # the most result bytes held at once (status()["memory"])
         self._waiting: deque[tuple[int, WindowJob]] = deque()  # lossless: ticketed jobs waiting for credit
         self._pending: list[WindowJob] = []  # live: the newest window(s) waiting for a free worker
         self._next_check = 0.0
@@ -209,6 +267,8 @@ class FanOut:
         cmd = [sys.executable, "-m", "emlive.stream.inferworker", "--connect", self.endpoint, "--model",
                str(s.model), "--index", str(k), "--backend", s.backend, "--heartbeat", str(s.heartbeat_s),
                "--parent", str(os.getpid())]  # fmt: skip
+        if s.estimate is not None:
+            cmd += ["--estimate", s.estimate]
         if s.threads is not None:
             cmd += ["--threads", str(s.threads)]
         if s.tile is not None:
@@ -238,14 +298,28 @@ class FanOut:
                         "ready; its error is in the log above"
                     )
             self._receive(0.1)
-        infos = {(w.info["name"], w.info["frames"]) for w in self.workers}
-        if len(infos) != 1:
-            raise ConfigError(f"the workers loaded different models {sorted(infos)}; give them one model file")
-        first = self.workers[0].info
+        first = self._check_models()
         logger.info(
             "%d inference workers ready on %s: %s (%s)",
             len(self.workers), self.endpoint, first["name"], ", ".join(w.info["device"] for w in self.workers),
         )  # fmt: skip
+        return first
+
+    def _check_models(self) -> dict[str, Any]:
+        """The model info the ready workers agree on (one model, the estimate asked); ConfigError otherwise."""
+        bad = [w for w in self.workers if w.state != "ready"]
+        if bad:
+            raise ConfigError(f"inference worker {bad[0].index} failed at start: {bad[0].error}")
+        infos = {(w.info["name"], w.info["frames"], w.info["estimate"]) for w in self.workers}
+        if len(infos) != 1:
+            raise ConfigError(f"the workers loaded different models {sorted(infos)}; give them one model file")
+        first = self.workers[0].info
+        asked = self.settings.estimate
+        if asked is not None and first["estimate"] != asked:
+            raise ConfigError(
+                f"the inference workers serve the {first['estimate']} estimate of {first['name']}, not the {asked} "
+                "estimate asked; check the model (a variance head and a noise model for posterior)"
+            )
         return first
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -286,7 +360,7 @@ class FanOut:
             self._waiting.append((self._ticket, job))
             self._ticket += 1
             while self._waiting:
-                self.pump(0.05 if not self._free() else 0.0)
+                self.pump(0.0 if self._can_dispatch() else 0.05)
         else:
             kept = live_selection([*self._pending, job])
             skipped = len(self._pending) + 1 - len(kept)
@@ -318,23 +392,51 @@ class FanOut:
         """Each worker's state, pid, jobs in flight and done, frames sent, error (for ``status()``)."""
         return [w.snapshot() for w in list(self.workers)]
 
+    def memory(self) -> dict[str, Any]:
+        """The result bytes held now, at most so far, and their bound (for ``status()["memory"]``)."""
+        return {"worker_results_bytes": self.held_bytes, "worker_results_peak_bytes": self.peak_bytes,
+                "worker_results_limit_bytes": self.settings.flight_bytes}  # fmt: skip
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the results in flight (as they will arrive) and of those waiting for their turn."""
+        flights, done = list(self._flights.values()), list(self._done.values())  # (read from other threads too)
+        return sum(self._result_bytes(f.job) for f in flights) + sum(
+            self._result_bytes(r.job) for r in done if r.out is not None
+        )
+
+    def _result_bytes(self, job: WindowJob) -> int:
+        """A job's result: its float32 frame, and its float32 std map with ``uncertainty``."""
+        h, w = job.center.data.shape
+        return h * w * 4 * (2 if self.settings.uncertainty else 1)
+
     # --- dispatch -------------------------------------------------------------------------------------------
     def _free(self) -> list[Worker]:
         return [w for w in self.workers if w.state == "ready" and w.in_flight < self.credit]
 
+    def _next_job(self) -> tuple[int, WindowJob] | None:
+        """The job to dispatch next and its ticket (None: none waits)."""
+        if self._waiting:
+            return self._waiting[0]
+        return (self._ticket, self._pending[0]) if self._pending else None
+
+    def _room(self, ticket: int, job: WindowJob) -> bool:
+        """Whether the job's result fits beside those held (``flight_bytes``); the next one in order always does."""
+        limit = self.settings.flight_bytes
+        return limit is None or ticket == self._next or self.held_bytes + self._result_bytes(job) <= limit
+
+    def _can_dispatch(self) -> bool:
+        nxt = self._next_job()
+        return nxt is not None and bool(self._free()) and self._room(*nxt)
+
     def _dispatch(self) -> None:
-        while True:
-            free = self._free()
-            if not free:
-                return
+        while self._can_dispatch():
             if self._waiting:
                 ticket, job = self._waiting.popleft()
-            elif self._pending:
+            else:
                 job = self._pending.pop(0)
                 ticket, self._ticket = self._ticket, self._ticket + 1
-            else:
-                return
-            self._send_job(self._choose(free, job), ticket, job)
+            self._send_job(self._choose(self._free(), job), ticket, job)
 
     @staticmethod
     def _choose(free: list[Worker], job: WindowJob) -> Worker:
@@ -352,20 +454,27 @@ class FanOut:
         estimate, sample = (None, False) if self.live_checks is None else self.live_checks.plan(self.model, job)
         if estimate is not None:  # the acquisition's, as the service's noise check decides (emlive.stream.livecheck)
             header["estimate"], header["sample"] = estimate.value, sample
+        if self.settings.uncertainty:
+            header["uncertainty"] = True
         if sample:  # measured for the check: the raw center frame goes last
             frames.append(np.ascontiguousarray(data))
         if not self._send(worker, [JOB, encode_json(header), *frames]):  # that worker is lost now
             if self.lossless:
                 self._waiting.appendleft((ticket, job))
             else:
-                self.telemetry.count("skipped")
-                self._done[ticket] = (job, None, 0.0, 0.0, 0.0)
+                self._skip(ticket, job)
             return
         worker.ring.pushed(job.run, push)
         worker.in_flight += 1
         worker.frames_sent += len(push)
         self.telemetry.count("worker_frames_sent", len(push))
-        self._flights[ticket] = Flight(job, worker, time.perf_counter(), sample)
+        self._flights[ticket] = Flight(job, worker, time.perf_counter(), sample, estimate)
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+
+    def _skip(self, ticket: int, job: WindowJob) -> None:
+        """Live mode: a job whose worker was lost is counted ``skipped``; its turn passes without a frame."""
+        self.telemetry.count("skipped")
+        self._done[ticket] = Result(job)
 
     def _send(self, worker: Worker, parts: list[Any]) -> bool:
         assert self._sock is not None
@@ -400,7 +509,7 @@ class FanOut:
                 self._lost(worker, f"sent a bad {kind[:16]!r} message ({exc})")
 
     def _hello(self, worker: Worker, header: dict[str, Any]) -> None:
-        worker.info = dict(header["model"])
+        worker.info = dict(checked_model_info(header.get("model")))
         worker.ring = RingMirror(int(worker.info["frames"]))
         worker.state = "ready"
         logger.info("inference worker %d (pid %s) ready: %s", worker.index, header.get("pid"), worker.info["device"])
@@ -421,16 +530,19 @@ class FanOut:
         if found is None:
             return
         ticket, flight = found
-        shape = flight.job.center.data.shape
-        if len(parts) != 1:
-            raise EmliveError(f"result {ticket} has {len(parts)} pixel parts, not 1")
-        out = frame_from(parts[0].buffer, (shape[0], shape[1]), np.dtype(np.float32), f"result {ticket}")
+        h, w = flight.job.center.data.shape
+        want = 2 if self.settings.uncertainty else 1  # the frame, and its std map
+        if len(parts) != want:
+            raise EmliveError(f"result {ticket} has {len(parts)} pixel parts, not {want}")
+        f32 = np.dtype(np.float32)
+        out = frame_from(parts[0].buffer, (h, w), f32, f"result {ticket}")
+        std = frame_from(parts[1].buffer, (h, w), f32, f"result {ticket}'s std map") if want == 2 else None
         if flight.sample and self.live_checks is not None and "check" in header:
             self.live_checks.add_parts(self.model, flight.job, CheckParts.from_json(header["check"]))
         now = time.perf_counter()
-        infer_s = min(max(0.0, float(header.get("infer_s", 0.0))), now - flight.sent)
+        infer_s = min(max(0.0, _seconds(header.get("infer_s"))), now - flight.sent)
         worker.done += 1
-        self._done[ticket] = (flight.job, out, flight.sent, now - infer_s, now)
+        self._done[ticket] = Result(flight.job, out, std, flight.estimate, (flight.sent, now - infer_s, now))
 
     def _error(self, worker: Worker, header: dict[str, Any]) -> None:
         found = self._flight(worker, header)
@@ -443,14 +555,14 @@ class FanOut:
             "acquisition %s frame %s: denoising failed in worker %d, frame not published: %s",
             center.acquisition, center.index, worker.index, str(header.get("error"))[:500],
         )  # fmt: skip
-        self._done[ticket] = (flight.job, None, 0.0, 0.0, 0.0)
+        self._done[ticket] = Result(flight.job)
 
     def _publish_ready(self) -> None:
         while self._next in self._done:
-            job, out, t0, t1, t2 = self._done.pop(self._next)
+            r = self._done.pop(self._next)
             self._next += 1
-            if out is not None:
-                self._publish(job, out, t0, t1, t2)
+            if r.out is not None:
+                self._publish(r.job, r.out, *r.times, r.std, r.estimate)
 
     # --- failures --------------------------------------------------------------------------------------------
     def _check_workers(self) -> None:
@@ -495,10 +607,15 @@ class FanOut:
                 self._waiting.appendleft((ticket, flight.job))
                 self.telemetry.count("redispatched")
             else:
-                self.telemetry.count("skipped")
-                self._done[ticket] = (flight.job, None, 0.0, 0.0, 0.0)
+                self._skip(ticket, flight.job)
         if not any(w.state == "ready" for w in self.workers):
             raise EmliveError(
                 f"all {len(self.workers)} inference workers are lost (the last: {why}); restart the service"
             )
 
+
+def _seconds(value: Any) -> float:
+    """A duration from the wire (``infer_s``): a finite number, else 0 (the caller bounds it by the job's time)."""
+    if type(value) not in (int, float) or not np.isfinite(value):
+        return 0.0
+    return float(value)

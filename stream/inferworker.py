@@ -1,7 +1,8 @@
 """An inference worker of the live service's fan-out (``emlive serve --workers N``): one process, one engine.
 
-``python -m emlive.stream.inferworker --connect ENDPOINT --model PATH --index K`` loads the model itself from its
-path (:class:`emlive.export.runtime.Denoiser`: no torch is imported for an ONNX model or a TensorRT engine),
+``python -m emlive.stream.inferworker --connect ENDPOINT --model PATH --index K [--estimate blind|posterior]`` loads
+the model itself from its path (:class:`emlive.export.runtime.Denoiser`: no torch is imported for an ONNX model or a
+TensorRT engine; ``--estimate``: the service's ``--estimate``, echoed in the ``hello``),
 connects a DEALER socket to the service's ROUTER (:mod:`emlive.stream.fanout`) and says ``hello`` with its model
 info; then it answers each ``job`` with the denoised center frame (``result``) or a one-line ``error``, in the order
 the jobs came. A second DEALER, used only by a heartbeat thread, sends ``beat`` every ``--heartbeat`` seconds, also
@@ -19,12 +20,15 @@ The wire (multipart messages; the ROUTER adds or strips the DEALER's identity; h
 * service -> worker: ``[b"job", header, frame...]`` with header ``{"ticket", "run", "shape", "dtype",
   "indices", "push"}`` (``push``: the indices of the frames that follow, raw pixels in ``dtype``), plus, for a
   variance-head model, ``"estimate"`` (the acquisition's, as the service's noise check decides,
-  :mod:`emlive.stream.livecheck`) and ``"sample"`` (true: the raw center frame follows last, to be measured);
-  ``[b"warm", {"shape", "dtype"}]``; ``[b"stop"]``.
+  :mod:`emlive.stream.livecheck`), ``"sample"`` (true: the raw center frame follows last, to be measured) and
+  ``"uncertainty"`` (true: the result carries the std map too); ``[b"warm", {"shape", "dtype"}]``; ``[b"stop"]``.
 * worker -> service: ``[b"hello", {"index", "pid", "model"}]`` (``model`` also says ``channels``, ``estimate``,
   ``noise_model``); ``[b"result", {"ticket", "infer_s"}, float32 pixels]`` (a sampled job also carries
-  ``"check"``: :class:`emlive.core.posterior.CheckParts` as JSON); ``[b"error", {"ticket", "error"}]``;
-  ``[b"beat", {"index"}]``.
+  ``"check"``: :class:`emlive.core.posterior.CheckParts` as JSON; an ``uncertainty`` job a second part, the
+  float32 std map of the frame); ``[b"error", {"ticket", "error"}]``; ``[b"beat", {"index"}]``.
+
+Every field read from the wire is checked (a bad job gets an ``error`` reply naming the field; the service checks
+the worker's replies the same way, :mod:`emlive.stream.fanout`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ logger = logging.getLogger("emlive.stream.inferworker")
 JOB, WARM, STOP = b"job", b"warm", b"stop"
 HELLO, RESULT, ERROR, BEAT = b"hello", b"result", b"error", b"beat"
 MAX_SIDE = 65536  # a frame side the worker accepts (the service checked the frame against its budget already)
+ESTIMATES = tuple(e.value for e in Estimate)
 
 
 def identity(index: int, heartbeat: bool = False) -> bytes:
@@ -114,6 +119,21 @@ def parse_frame_spec(header: dict[str, Any]) -> tuple[tuple[int, int], np.dtype[
     return (shape[0], shape[1]), dtype
 
 
+def wire_flag(header: dict[str, Any], key: str) -> bool:
+    """A true/false field of a worker message (absent: false); EmliveError naming the field otherwise."""
+    value = header.get(key, False)
+    if not isinstance(value, bool):
+        raise EmliveError(f"{key} {str(value)[:40]!r}: a job's {key!r} is true or false")
+    return value
+
+
+def wire_estimate(value: Any) -> Estimate:
+    """An estimate name from the wire; EmliveError naming the choices otherwise."""
+    if not isinstance(value, str) or value not in ESTIMATES:
+        raise EmliveError(f"estimate {str(value)[:40]!r}: use one of {', '.join(ESTIMATES)}")
+    return Estimate(value)
+
+
 class InferWorker:
     """The worker loop (see the module docstring): one denoiser, one ring per run, jobs answered in order."""
 
@@ -148,29 +168,47 @@ class InferWorker:
         ticket = header.get("ticket")
         try:
             shape, dtype = parse_frame_spec(header)
+            sample = wire_flag(header, "sample")  # the raw center frame comes last, for the noise check
+            want_std = wire_flag(header, "uncertainty")  # the std map goes back after the frame
             stream = self._stream_for(shape, dtype, int(header["run"]))
-            push = [int(i) for i in header["push"]]
-            sample = bool(header.get("sample", False))  # the raw center frame comes last, for the noise check
-            if len(push) + sample != len(buffers):
-                raise EmliveError(f"job {ticket}: {len(push)} frame indices for {len(buffers)} frames")
-            for idx, buf in zip(push, buffers[: len(push)], strict=True):
-                stream.push(frame_from(buf.buffer, shape, dtype, f"frame {idx}"), idx)
+            self._push(stream, header, buffers, sample, (shape, dtype))
             if "estimate" in header:  # the acquisition's, as the service's noise check decides
-                stream.estimate = Estimate(header["estimate"])
+                stream.estimate = self._estimate(header["estimate"])
             start = time.perf_counter()
             reply: dict[str, Any] = {"ticket": ticket}
-            if sample:
+            if sample or want_std:
                 found = stream.denoise(header["indices"], uncertainty=True)
-                raw = frame_from(buffers[-1].buffer, shape, dtype, "the center frame")
-                reply["check"] = measure_parts(found.prior_mean, found.prior_std, raw, self.den.noise).to_json()
-                found = found.mean
+                if sample:
+                    raw = frame_from(buffers[-1].buffer, shape, dtype, "the center frame")
+                    reply["check"] = measure_parts(found.prior_mean, found.prior_std, raw, self.den.noise).to_json()
+                planes = [found.mean, found.std] if want_std else [found.mean]
             else:
-                found = stream.denoise(header["indices"])
-            out = np.ascontiguousarray(found, dtype=np.float32)
+                planes = [stream.denoise(header["indices"])]
+            out = [np.ascontiguousarray(plane, dtype=np.float32) for plane in planes]
             infer_s = time.perf_counter() - start
         except (EmliveError, KeyError, ValueError, TypeError) as exc:
             return [ERROR, encode_json({"ticket": ticket, "error": f"{type(exc).__name__}: {exc}"})]
-        return [RESULT, encode_json({**reply, "infer_s": infer_s}), out]
+        return [RESULT, encode_json({**reply, "infer_s": infer_s}), *out]
+
+    def _estimate(self, value: Any) -> Estimate:
+        """A job's estimate: the model's own, or the blind estimate instead of its posterior (the noise check's
+        fall-back); a posterior the worker's model was not loaded for is refused (its ring keeps no raw frames)."""
+        estimate = wire_estimate(value)
+        if estimate is Estimate.posterior and self.den.estimate is not Estimate.posterior:
+            raise EmliveError(f"estimate posterior: this worker serves the {self.den.estimate.value} estimate")
+        return estimate
+
+    @staticmethod
+    def _push(
+        stream: Any, header: dict[str, Any], buffers: Sequence[Any], sample: bool, spec: tuple[Any, np.dtype[Any]]
+    ) -> None:
+        """Push the frames the job carries (``push``: their indices, one buffer each; with ``sample`` the raw
+        center frame follows them) into the ring."""
+        push = [int(i) for i in header["push"]]
+        if len(push) + sample != len(buffers):
+            raise EmliveError(f"job {header.get('ticket')}: {len(push)} frame indices for {len(buffers)} frames")
+        for idx, buf in zip(push, buffers[: len(push)], strict=True):
+            stream.push(frame_from(buf.buffer, *spec, f"frame {idx}"), idx)
 
     def _stream_for(self, shape: tuple[int, int], dtype: np.dtype[Any], run: int) -> Any:
         """The ring for this frame size (a new one for a new size or type; reset for a new run)."""
@@ -218,6 +256,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--estimate", choices=ESTIMATES, default=None, help="blind or posterior (default: the model's)")
     parser.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
     parser.add_argument("--parent", type=int, default=None, help="the service's pid (default: the parent's)")
     return parser.parse_args(argv)
@@ -232,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     setup_logging()
     parent = args.parent or os.getppid()
-    den = Denoiser.load(args.model, args.backend, threads=args.threads, tile=args.tile, spin=False)
+    try:
+        den = Denoiser.load(args.model, args.backend, threads=args.threads, tile=args.tile, spin=False,
+                            estimate=args.estimate)  # fmt: skip
+    except EmliveError as exc:  # a model that cannot give the estimate asked, a missing file: one line, exit 2
+        logger.error("inference worker %d: %s", args.index, exc)
+        return 2
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, identity(args.index))
@@ -243,8 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     beat.start()
     try:
         torch = "torch" in sys.modules  # False for ONNX/TensorRT models once the runtime is torch-free
-        model = {**model_info(cast(Any, den), args.model), "torch_imported": torch, "channels": den.channels,
-                 "estimate": den.estimate.value, "noise_model": den.noise is not None}  # (the live noise check)
+        model = {
+            **model_info(cast(Any, den), args.model),
+            "torch_imported": torch,
+            "channels": den.channels,
+            "estimate": den.estimate.value,
+            "noise_model": den.noise is not None,
+        }  # (the live noise check)
         hello = {"index": args.index, "pid": os.getpid(), "model": model}
         sock.send_multipart([HELLO, encode_json(hello)])
         logger.info("worker %d (pid %d) serving %s on %s", args.index, os.getpid(), args.model, den.device)

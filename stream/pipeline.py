@@ -363,9 +363,20 @@ class Pipeline:
             return
         self._publish(job, out, t0, t1, time.perf_counter(), std)
 
-    def publish_result(self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float) -> None:
-        """Publish a frame denoised elsewhere (the fan-out's workers), in order: the same path as a local job."""
-        self._publish(job, out, t0, t1, t2)
+    def publish_result(
+        self,
+        job: WindowJob,
+        out: np.ndarray,
+        t0: float,
+        t1: float,
+        t2: float,
+        std: np.ndarray | None = None,
+        estimate: Any = None,
+    ) -> None:
+        """Publish a frame denoised elsewhere (the fan-out's workers), in order, with its ``std`` map and the
+        ``estimate`` it was denoised with (None: the model's own): the same path as a local job."""
+        self._estimate = estimate
+        self._publish(job, out, t0, t1, t2, std)
 
     def _publish(
         self, job: WindowJob, out: np.ndarray, t0: float, t1: float, t2: float, std: np.ndarray | None = None

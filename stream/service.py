@@ -28,7 +28,8 @@ Threads (a thread's exception is handed to the thread that called :meth:`Denoise
 * **recorder** (with ``record``): appends frames to the recording files (:mod:`emlive.stream.recording`).
 
 With ``workers`` > 1 (``emlive serve --workers N``) the pipeline's infer step goes to N worker processes, each
-with its own engine, and their frames are published in order (:mod:`emlive.stream.fanout`); 1 runs it in-process.
+with its own engine, and their frames (and ``--uncertainty`` maps, for the ``--estimate`` asked or the noise
+check's) are published in order (:mod:`emlive.stream.fanout`); 1 runs it in-process.
 
 Overload policy. *Live* (default): when frames arrive faster than the model runs, the pipeline takes every
 queued frame into the window (and the recording) but runs the model only on the newest complete window (and on
@@ -200,16 +201,6 @@ class ServiceConfig:
                 raise ConfigError(
                     f"estimate {self.estimate!r}: use one of {', '.join(e.value for e in Estimate)}"
                 ) from None
-            if self.workers > 1:
-                raise ConfigError(
-                    f"--estimate {self.estimate} with --workers {self.workers}: the worker processes use the model's "
-                    "default estimate; serve with --workers 1, or drop --estimate"
-                )
-        if self.uncertainty and self.workers > 1:
-            raise ConfigError(
-                f"--uncertainty with --workers {self.workers}: the worker processes publish the denoised frames only; "
-                "serve with --workers 1 to publish the uncertainty map"
-            )
         if self.workers > 1 and self.model is None:
             raise ConfigError(f"--workers {self.workers} needs --model PATH: each worker loads the model from its file")
         if self.threads is not None and self.threads < 1:
@@ -365,6 +356,8 @@ class DenoiseService:
         if self.slot.denoiser is None:
             raise ConfigError("no model to serve; pass --model PATH")
         if cfg.uncertainty and getattr(self.slot.denoiser, "channels", 1) < 2:
+            if self.fanout is not None:
+                self.fanout.close()  # (its workers started for nothing)
             raise ConfigError(
                 f"--uncertainty: model {model_info(self.slot.denoiser, cfg.model)['name']} has no variance head, so "
                 "there is no uncertainty map to publish; serve a model trained with network.head=gaussian "
@@ -372,9 +365,13 @@ class DenoiseService:
             )
 
     def _start_fanout(self, model: Path) -> None:
-        """``workers`` > 1: start the worker processes (each loads ``model``); the pipeline hands them its jobs."""
+        """``workers`` > 1: start the worker processes (each loads ``model`` for ``--estimate``); the pipeline hands
+        them its jobs. Their results (with ``--uncertainty`` the std maps too) are held within the working half of
+        the budget: the model's ring and buffers, which it bounds with one engine, live in the workers here."""
         cfg = self.config
-        settings = WorkerSettings(model, cfg.workers, cfg.backend, cfg.threads, cfg.tile, cfg.worker_devices)
+        settings = WorkerSettings(model, cfg.workers, cfg.backend, cfg.threads, cfg.tile, cfg.worker_devices,
+                                  estimate=cfg.estimate, uncertainty=cfg.uncertainty,
+                                  flight_bytes=self.budget.working_bytes)  # fmt: skip
         logger.info("starting %d inference workers for %s (backend %s)", cfg.workers, model, cfg.backend)
         self.fanout = FanOut(settings, self.telemetry, self.pipeline.publish_result, lossless=cfg.lossless)
         info = self.fanout.start()
@@ -581,7 +578,8 @@ class DenoiseService:
         if self.fanout is not None:
             gauge("workers", self.fanout.snapshot())
         gauge("memory", {"budget_bytes": self.budget.total, "input_queue_bytes": self.queue.nbytes,
-                         "input_queue_limit_bytes": self.budget.queue_bytes})  # fmt: skip
+                         "input_queue_limit_bytes": self.budget.queue_bytes,
+                         **({} if self.fanout is None else self.fanout.memory())})  # fmt: skip
         return self.telemetry.snapshot()
 
     def wait_for_subscribers(self, n: int, timeout: float, *, exact: bool = False) -> bool:

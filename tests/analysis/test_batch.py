@@ -438,7 +438,139 @@ def test_a_failed_noise_check_gives_the_single_process_estimate_on_a_cluster_and
     denoise_batch([integrating], tmp_path / "forced", wrong_noise_model, shard="0/1", **forced, shard_frames=4)
     _same_bytes(tmp_path / "forced", tmp_path / "forced-ref", names)
     assert (tmp_path / "forced" / "g.tif").read_bytes() != (tmp_path / "ref" / "g.tif").read_bytes()
-    # --uncertainty stays refused by batch jobs, naming what to do instead
-    args = ["denoise", str(integrating), "-o", str(tmp_path / "u"), "-m", str(wrong_noise_model), "--shard", "0/1"]
-    result = CliRunner().invoke(app, [*args, "--uncertainty", str(tmp_path / "m")])
-    assert result.exit_code != 0 and "without --cluster/--shard" in str(result.exception)
+
+
+# --- uncertainty maps (--uncertainty): the single-process maps, from shards --------------------------------------
+MAP_NAMES = ("g.tif", "h.mrc")
+
+
+@pytest.fixture(scope="module")
+def varied_model(gaussian_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A head=gaussian model with the integrating detector's noise model whose prior mean and variance vary with
+    the input (its head's last weights x 30: random weights alone give an almost constant output), as ONNX: maps
+    whose pixels and frames differ, so a frame or a pixel out of place shows."""
+    torch = pytest.importorskip("torch")
+    from emlive.core.modelcard import load_checkpoint, save_model
+    from emlive.export.onnx_export import export_onnx
+
+    net, card = load_checkpoint(gaussian_checkpoint("varied", seed=2, scales=2, gain=GAIN, offset=OFFSET,
+                                                    read_noise=READ))  # fmt: skip
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)
+    ckpt = save_model(tmp_path_factory.mktemp("varied") / "varied.pt", net, card)
+    return export_onnx(ckpt, ckpt.with_suffix(".onnx")).path
+
+
+@pytest.fixture(scope="module")
+def two_integrating(integrating: Path) -> list[Path]:
+    """g.tif (9 frames) and an MRC of 7 frames of another size, same detector: both map formats."""
+    rng = np.random.default_rng(1)
+    scene = 40.0 + 30.0 * rng.choice([-1.0, 1.0], (32, 36))
+    frames = [OFFSET + GAIN * rng.poisson(scene) + rng.normal(0, READ, scene.shape) for _ in range(7)]
+    second = integrating.parent / "h.mrc"
+    write_movie(second, np.clip(np.rint(frames), 0, 65535).astype(np.uint16), 0.8)
+    return [integrating, second]
+
+
+def _read(path: Path) -> np.ndarray:
+    from emlive.core.readers import open_movie
+
+    with open_movie(path) as movie:
+        return np.asarray(movie[:])
+
+
+def _single_maps(inputs: list[Path], model: Path, root: Path, **kw: Any) -> tuple[Path, Path, set[str]]:
+    """Single-process `denoise_path` of each input with --uncertainty: (outputs, maps, the estimates it chose)."""
+    out, maps = root / "single", root / "single-maps"
+    reports = [denoise_path(p, out, model, **OPTS, uncertainty=maps, **kw) for p in inputs]
+    return out, maps, {m.estimate for r in reports for m in r.movies}
+
+
+def test_uncertainty_maps_from_a_cluster_array_tasks_and_one_process_equal_single_process(
+    client: Any, varied_model: Path, two_integrating: list[Path], tmp_path: Path
+) -> None:
+    """`--uncertainty FOLDER`: `--cluster` (here its client), `--shard 0/2` + `1/2` through the CLI, and a plain
+    several-input job in one process write each movie's map under its output's name, byte for byte the map of a
+    single-process run, and the same denoised movies; the estimate the noise check did not choose gives other maps
+    (the comparison can tell)."""
+    ref, ref_maps, (decided,) = _single_maps(two_integrating, varied_model, tmp_path)
+    for name in MAP_NAMES:
+        stack = _read(ref_maps / name)
+        assert stack.dtype == np.float32 and np.isfinite(stack).all()
+        assert np.ptp(stack[0]) > 0 and not np.array_equal(stack[0], stack[-1]), "a map too flat to tell anything"
+    on_dask = denoise_batch(two_integrating, tmp_path / "dask", varied_model, client=client, **OPTS, shard_frames=3,
+                            uncertainty=tmp_path / "dask-maps")  # fmt: skip
+    assert sorted(on_dask.maps) == [str(tmp_path / "dask-maps" / n) for n in MAP_NAMES] and len(on_dask.ran) == 5
+    assert set(on_dask.estimates.values()) == {decided}
+    _same_bytes(tmp_path / "dask-maps", ref_maps, MAP_NAMES)
+    _same_bytes(tmp_path / "dask", ref, MAP_NAMES)
+    lines = _shard_lines(tmp_path / "dask")
+    assert all(r["map_bytes"] == r["bytes"] and len(r["map_blake2b"]) == 40 for r in lines), lines
+    assert not list((tmp_path / "dask" / PARTS_DIR).glob("*.part")), "the map parts are removed with the movie's"
+    base = ["denoise", *map(str, two_integrating), "-o", str(tmp_path / "array"), "-m", str(varied_model),
+            "--backend", BACKEND, "--threads", "1", "--shard-frames", "3", "--uncertainty", str(tmp_path / "a-maps")]
+    for i in (0, 1):
+        result = CliRunner().invoke(app, [*base, "--shard", f"{i}/2"])
+        assert result.exit_code == 0, result.output
+    assert f"uncertainty map: {tmp_path / 'a-maps' / 'g.tif'}" in result.output
+    _same_bytes(tmp_path / "a-maps", ref_maps, MAP_NAMES)
+    other = "blind" if decided == "posterior" else "posterior"
+    forced_ref, forced_maps, _ = _single_maps(two_integrating, varied_model, tmp_path / "forced", estimate=other)
+    denoise_batch(two_integrating, tmp_path / "one", varied_model, **OPTS, shard_frames=3, estimate=other,
+                  uncertainty=tmp_path / "one-maps")  # fmt: skip
+    _same_bytes(tmp_path / "one-maps", forced_maps, MAP_NAMES)
+    _same_bytes(tmp_path / "one", forced_ref, MAP_NAMES)
+    assert (forced_maps / "g.tif").read_bytes() != (ref_maps / "g.tif").read_bytes()
+
+
+def test_a_changed_map_part_is_redone_a_missing_map_rewritten_and_another_path_refused(
+    varied_model: Path, integrating: Path, tmp_path: Path
+) -> None:
+    """Array task 0/2 writes its shards' map parts, hashed in the manifest; one flipped byte in a map part (same
+    size) makes its re-run redo that shard only; task 1/2 assembles the single-process map; a map removed after
+    the job is written again; another --uncertainty PATH, or none, is another job (refused)."""
+    _, ref_maps, _ = _single_maps([integrating], varied_model, tmp_path)
+    out, maps = tmp_path / "out", tmp_path / "maps"
+    kw: dict[str, Any] = {**OPTS, "shard_frames": 2, "uncertainty": maps}  # 4 shards: 0-2, 2-4, 4-6, 6-9
+    first = denoise_batch([integrating], out, varied_model, shard="0/2", **kw)
+    assert first.ran == ["0000:0-2", "0000:4-6"] and not (maps / "g.tif").exists()
+    victim = out / PARTS_DIR / "0000-g.tif.000000000-000000002.std.part"
+    flipped = bytearray(victim.read_bytes())
+    flipped[1000] ^= 0xFF
+    victim.write_bytes(bytes(flipped))
+    again = denoise_batch([integrating], out, varied_model, shard="0/2", **kw)
+    assert again.ran == ["0000:0-2"] and again.skipped == ["0000:4-6"]
+    last = denoise_batch([integrating], out, varied_model, shard="1/2", **kw)
+    assert last.ran == ["0000:2-4", "0000:6-9"] and last.maps == [str(maps / "g.tif")]
+    _same_bytes(maps, ref_maps, ("g.tif",))
+    movie_line = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()][-1]
+    assert movie_line["map"] == str(maps / "g.tif") and movie_line["map_bytes"] == (maps / "g.tif").stat().st_size
+    assert denoise_batch([integrating], out, varied_model, **kw).ran == []  # all done
+    (maps / "g.tif").unlink()
+    redo = denoise_batch([integrating], out, varied_model, **kw)
+    assert len(redo.ran) == 4 and redo.maps == [str(maps / "g.tif")]
+    _same_bytes(maps, ref_maps, ("g.tif",))
+    for other in ({**kw, "uncertainty": tmp_path / "elsewhere"}, {**OPTS, "shard_frames": 2}):
+        with pytest.raises(ConfigError, match=r"differs in: uncertainty\)") as err:
+            denoise_batch([integrating], out, varied_model, **other)
+        assert "--overwrite" in str(err.value)
+    with pytest.raises(InputFileError, match=r"the uncertainty map exists.*--overwrite"):  # a new job's map in the way
+        denoise_batch([integrating], tmp_path / "new", varied_model, **kw)
+
+
+def test_a_model_without_a_variance_head_is_refused_before_any_work(
+    model: Path, movies: Path, tmp_path: Path
+) -> None:
+    """The single-process message, word for word, from the API and from `--cluster` through the CLI, before a
+    folder, a manifest or a cluster exists."""
+    with pytest.raises(ConfigError, match="variance head") as single:
+        denoise_path(movies / "a.tif", tmp_path / "single", model, **OPTS, uncertainty=tmp_path / "m.tif")
+    inputs = [movies / "a.tif", movies / "b.mrc"]
+    with pytest.raises(ConfigError) as batch:
+        denoise_batch(inputs, tmp_path / "out", model, shard="0/1", **OPTS, uncertainty=tmp_path / "maps")
+    assert str(batch.value) == str(single.value)
+    args = ["denoise", *map(str, inputs), "-o", str(tmp_path / "out"), "-m", str(model), "--cluster", "local:1",
+            "--uncertainty", str(tmp_path / "maps")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, ConfigError) and str(result.exception) == str(single.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "maps").exists()

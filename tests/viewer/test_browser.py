@@ -51,6 +51,9 @@ def test_page_loads_frames_arrive_and_canvas_changes(page: Any, viewer: ViewerSe
     page.screenshot(path=str(shot))
     assert Image.open(shot).size == (1280, 720)
     copy_screenshot_once(shot)
+    page.select_option("#map-display", "overlay")  # no map to blend: no overlay either, and the same note
+    assert page.is_hidden("#canvas-overlay") and page.is_visible("#map-opacity")
+    assert page.inner_text("#uncertainty-note") == NO_MAP
 
 
 @pytest.mark.timeout(40)
@@ -275,16 +278,11 @@ _CANVAS_RGBA = """(id) => { const c = document.getElementById(id);
 def test_the_uncertainty_panel_shows_the_published_map_on_its_own_scale(
     page: Any, zctx: Any, gaussian_service: Any, make_viewer: Callable[..., ViewerServer]
 ) -> None:
-    from emlive.core.protocol import decode
     from emlive.viewer.colormap import colorize
     from emlive.viewer.render import Contrast, FramePair, make_channel, render_pair
 
     output = gaussian_service.endpoints["output"]
-    sub = zctx.socket(zmq.SUB)  # our own subscriber: the maps the service published
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 1000)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(output)
+    sub = _subscribe(zctx, output)
     try:
         server = make_viewer(output)
         page.goto(server.url)
@@ -296,12 +294,7 @@ def test_the_uncertainty_panel_shows_the_published_map_on_its_own_scale(
         page.click("#pause")
         time.sleep(0.5)
         shown = page.evaluate("() => window.emlive.state.shown")
-        maps: dict[tuple[str, int], Any] = {}
-        while sub.poll(200, zmq.POLLIN):
-            msg = decode(sub.recv_multipart(copy=False))
-            if msg.header.kind == "uncertainty" and msg.data is not None:
-                maps[(msg.header.acquisition, msg.header.index)] = msg
-        published = maps[(shown["acquisition"], shown["index"])]
+        published = _published(sub, shown, ("uncertainty",))["uncertainty"]
         assert published.data is not None
         channel = make_channel("uncertainty", published.header.to_dict(), published.data, shown["factor"])
         meta, (gray,) = render_pair(FramePair(shown["acquisition"], shown["index"], 0.0, shown["factor"], 0.0,
@@ -319,7 +312,135 @@ def test_the_uncertainty_panel_shows_the_published_map_on_its_own_scale(
         quantity = published.header.extra["quantity"]  # posterior_std (or prior_std where the service fell back)
         assert page.inner_text("#legend-units").startswith(f"{quantity} in counts")
         assert quantity in page.inner_text("#uncertainty-note")
-        page.click("#show-uncertainty")  # the toggle hides the panel
+        page.select_option("#map-display", "off")  # the choice hides the panel
         page.wait_for_selector("#view-uncertainty", state="hidden", timeout=5000)
+    finally:
+        sub.close(linger=0)
+
+
+def _subscribe(zctx: Any, address: str) -> Any:
+    """Our own subscriber to the service's output: the frames and maps it publishes."""
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 1000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(address)
+    return sub
+
+
+def _published(sub: Any, shown: dict[str, Any], kinds: tuple[str, ...] = ("denoised", "uncertainty")) -> dict[str, Any]:
+    """The frame messages of the pair the page shows, by kind, as the service published them (read from ``sub``,
+    which subscribed before the viewer started, so they are queued there)."""
+    from emlive.core.protocol import decode
+
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 10.0
+    while len(found) < len(kinds):
+        left = deadline - time.monotonic()
+        assert left > 0 and sub.poll(int(left * 1000), zmq.POLLIN), f"no {kinds} of the shown pair {shown}: {found}"
+        msg = decode(sub.recv_multipart(copy=False))
+        head = msg.header
+        if (head.acquisition, head.index) == (shown["acquisition"], shown["index"]) and head.kind in kinds:
+            found[head.kind] = msg
+    return found
+
+
+def _expected_renders(shown: dict[str, Any], published: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What the page must draw for the pair it shows, from the frames the service published: the denoised frame in
+    grey with the page's default contrast, the map through the colormap; (H, W, 3) RGB as int16."""
+    from emlive.viewer.colormap import colorize
+    from emlive.viewer.render import Contrast, FramePair, make_channel, render_pair
+
+    acq, index, factor = shown["acquisition"], shown["index"], shown["factor"]
+    channels = {}
+    for kind in ("denoised", "uncertainty"):
+        msg = published[kind]
+        channels[kind] = make_channel(kind, msg.header.to_dict(), msg.data, factor)
+    meta, parts = render_pair(FramePair(acq, index, 0.0, factor, 0.0, **channels), Contrast())  # the page's defaults
+    out = {}
+    for info, part in zip(meta["channels"], parts, strict=True):
+        indices = np.frombuffer(part, np.uint8).reshape(info["height"], info["width"])
+        rgb = colorize(indices) if info["kind"] == "uncertainty" else np.repeat(indices[..., None], 3, axis=2)
+        out[info["kind"]] = rgb.astype(np.int16)
+    return out
+
+
+def _canvas_rgb(page: Any, canvas_id: str) -> np.ndarray:
+    """A canvas' pixels as (H, W, 3) RGB, int16; every pixel must be opaque."""
+    width, height, rgba = page.evaluate(_CANVAS_RGBA, canvas_id)
+    drawn = np.array(rgba, np.uint8).reshape(height, width, 4)
+    assert (drawn[..., 3] == 255).all(), f"{canvas_id} has transparent pixels"
+    return drawn[..., :3].astype(np.int16)
+
+
+def _overlay_at(page: Any, percent: int) -> np.ndarray:
+    """The overlay canvas once the opacity slider is at ``percent``."""
+    page.fill("#map-opacity", str(percent))
+    page.wait_for_function(f"() => document.getElementById('map-opacity-value').textContent === '{percent}%'")
+    return _canvas_rgb(page, "canvas-overlay")
+
+
+@pytest.mark.timeout(60)
+def test_the_map_beside_the_denoised_frame_alone_and_blended_over_it(
+    page: Any, zctx: Any, gaussian_service: Any, make_viewer: Callable[..., ViewerServer]
+) -> None:
+    """'denoised only' shows the map beside the denoised frame; 'over the denoised frame' blends it over the frame
+    at the chosen opacity (0 %: the denoised frame as drawn, 100 %: the map), in the frames' zoom and pan, with the
+    legend and the pixel probe; 'raw only' shows no map."""
+    sub = _subscribe(zctx, gaussian_service.endpoints["output"])
+    try:
+        page.goto(make_viewer(gaussian_service.endpoints["output"]).url)
+        page.select_option("#layout", "denoised")
+        page.wait_for_selector("#view-uncertainty", state="visible", timeout=30000)
+        page.click("#pause")
+        time.sleep(0.5)
+        shown = page.evaluate("() => window.emlive.state.shown")
+        published = _published(sub, shown)
+        expected = _expected_renders(shown, published)
+        den, colour = expected["denoised"], expected["uncertainty"]
+        assert np.abs(den - colour).mean() > 20  # two different pictures: the blend below can tell them apart
+        assert page.is_hidden("#view-raw") and page.is_hidden("#map-opacity")  # no opacity to choose beside
+        den_box = page.locator("#view-denoised").bounding_box()
+        map_box = page.locator("#view-uncertainty").bounding_box()
+        assert map_box["x"] >= den_box["x"] + den_box["width"]  # beside the denoised frame
+        np.testing.assert_array_equal(_canvas_rgb(page, "canvas-uncertainty"), colour)
+
+        page.select_option("#map-display", "overlay")
+        page.wait_for_selector("#canvas-overlay", state="visible", timeout=5000)
+        assert page.is_hidden("#view-uncertainty") and page.is_visible("#legend")
+        assert page.eval_on_selector("#legend", "e => e.parentElement.id") == "view-denoised"
+        assert page.inner_text("#map-opacity-value") == "50%"
+        np.testing.assert_array_equal(_canvas_rgb(page, "canvas-denoised"), den)  # the frame under the overlay
+        assert np.abs(_overlay_at(page, 0) - den).max() <= 1
+        assert np.abs(_overlay_at(page, 100) - colour).max() <= 1
+        assert np.abs(_overlay_at(page, 50) - (den + colour) / 2).max() <= 2
+
+        viewport = page.locator("#view-denoised .viewport").bounding_box()
+        page.mouse.move(viewport["x"] + viewport["width"] / 2, viewport["y"] + viewport["height"] / 2)
+        page.wait_for_function("() => document.getElementById('probe').textContent.includes('±')", timeout=5000)
+        text = page.inner_text("#probe")
+        x, y = _xy(text)
+        std = float(published["uncertainty"].data[y, x])
+        assert float(text.split("±")[1].split()[0]) == pytest.approx(std, rel=2e-3, abs=1e-3)
+        fitted = page.eval_on_selector("#canvas-overlay", "c => c.style.transform")
+        page.mouse.wheel(0, -300)  # zoom: the overlay moves with the frames
+        page.wait_for_function("(t) => document.getElementById('canvas-overlay').style.transform !== t", arg=fitted)
+        transform = page.eval_on_selector("#canvas-overlay", "c => c.style.transform")
+        assert transform == page.eval_on_selector("#canvas-denoised", "c => c.style.transform")
+
+        page.select_option("#layout", "split")  # the split: the map over its denoised side, no room beside it
+        assert page.is_visible("#canvas-overlay") and page.is_visible("#legend")
+        assert page.locator("#view-denoised .viewport").bounding_box()["height"] > 200  # the split fills the page
+        page.select_option("#map-display", "beside")
+        assert page.is_hidden("#view-uncertainty") and page.is_hidden("#canvas-overlay")
+        assert "no room beside the split" in page.inner_text("#uncertainty-note")
+
+        page.select_option("#layout", "raw")
+        page.wait_for_selector("#view-denoised", state="hidden", timeout=5000)
+        for choice in ("beside", "overlay"):
+            page.select_option("#map-display", choice)
+            for selector in ("#view-uncertainty", "#canvas-overlay", "#legend"):
+                assert page.is_hidden(selector), (choice, selector)
+            assert "choose a layout that shows it" in page.inner_text("#uncertainty-note")
     finally:
         sub.close(linger=0)

@@ -7,9 +7,12 @@
   const token = params.get("token");
   const tokenQuery = token ? "token=" + encodeURIComponent(token) : "";
   const CHANNELS = ["raw", "denoised", "uncertainty"];
-  const canvases = { raw: $("canvas-raw"), denoised: $("canvas-denoised"), uncertainty: $("canvas-uncertainty") };
+  // the channels' canvases, and "overlay": the map blended over the denoised frame (composed here, $("map-opacity"))
+  const canvases = {
+    raw: $("canvas-raw"), denoised: $("canvas-denoised"), uncertainty: $("canvas-uncertainty"), overlay: $("canvas-overlay"),
+  };
   const contexts = {};
-  for (const k of CHANNELS) contexts[k] = canvases[k].getContext("2d", { willReadFrequently: k === "uncertainty" });
+  for (const k of Object.keys(canvases)) contexts[k] = canvases[k].getContext("2d", { willReadFrequently: k === "uncertainty" });
   const images = { raw: null, denoised: null, uncertainty: null };
   const NO_MAP = "no uncertainty map in this stream (serve a head=gaussian model with --uncertainty)";
   let colormap = { hex: null, table: null }; // the uncertainty map's colours (index -> RGBA as one uint32)
@@ -129,7 +132,7 @@
     for (const k of ["raw", "denoised"]) {
       if (!meta.channels.some((c) => c.kind === k)) setMissing(k, true);
     }
-    showUncertainty(meta.channels.find((c) => c.kind === "uncertainty"));
+    showUncertainty(mapChannel(meta));
     if (!state.view.fitted) fitView();
     showFrameInfo(meta);
     drawHistogram(meta);
@@ -147,14 +150,36 @@
     }
     return colormap.table;
   }
+  function mapChannel(meta) { return meta.channels.find((c) => c.kind === "uncertainty"); }
+
+  // where the map goes: "beside" the denoised frame (its own panel), "overlay" (blended over it) or "none" (no map
+  // in the stream, hidden, a layout without the denoised frame, or beside a split, which has no room beside it)
+  function mapPlacement(ch) {
+    const layout = $("layout").value, choice = $("map-display").value;
+    if (!ch || choice === "off" || layout === "raw" || (layout === "split" && choice === "beside")) return "none";
+    return choice;
+  }
+  function mapNote(ch) {
+    if (!ch) return NO_MAP;
+    const what = "uncertainty: " + (ch.quantity || "std") + " of the denoised frame";
+    const layout = $("layout").value, choice = $("map-display").value;
+    if (choice === "off") return what + " (hidden)";
+    if (layout === "raw") return what + ", shown with the denoised frame: choose a layout that shows it";
+    if (layout === "split" && choice === "beside") return what + ": no room beside the split, choose 'over the denoised frame'";
+    return what;
+  }
   function showUncertainty(ch) {
-    const on = !!ch && $("show-uncertainty").checked, view = $("view-uncertainty");
-    if (view.classList.contains("hidden") === on) { // appears or goes: the panels' sizes change
-      view.classList.toggle("hidden", !on);
+    const place = mapPlacement(ch), view = $("view-uncertainty");
+    if (view.classList.contains("hidden") === (place === "beside")) { // appears or goes: the panels' sizes change
+      view.classList.toggle("hidden", place !== "beside");
       state.view.fitted = false;
     }
-    if (!ch) { $("uncertainty-note").textContent = NO_MAP; return; }
-    $("uncertainty-note").textContent = "uncertainty: " + (ch.quantity || "std") + " of the denoised frame";
+    canvases.overlay.classList.toggle("hidden", place !== "overlay");
+    const legendHome = place === "overlay" ? $("view-denoised") : view; // the legend goes where the map is
+    if ($("legend").parentElement !== legendHome) legendHome.appendChild($("legend"));
+    if (place === "overlay") composeOverlay();
+    $("uncertainty-note").textContent = mapNote(ch);
+    if (!ch) return;
     $("legend-lo").textContent = fmtNum(ch.min);
     $("legend-hi").textContent = fmtNum(ch.max);
     $("legend-units").textContent = (ch.quantity || "std") + " in " + (ch.units || "the input's units");
@@ -162,6 +187,18 @@
     const image = ctx.createImageData(256, 1);
     new Uint32Array(image.data.buffer).set(table);
     ctx.putImageData(image, 0, 0);
+  }
+  // the overlay: the denoised frame, then the coloured map over it at the chosen opacity (0: the denoised frame as
+  // drawn; 1: the map alone), from the two canvases as drawn (no second trip to the server)
+  function mapOpacity() { return Math.min(100, Math.max(0, parseFloat($("map-opacity").value) || 0)) / 100; }
+  function composeOverlay() {
+    const out = canvases.overlay, den = canvases.denoised, ctx = contexts.overlay;
+    if (out.width !== den.width || out.height !== den.height) { out.width = den.width; out.height = den.height; }
+    ctx.imageSmoothingEnabled = false;
+    ctx.globalAlpha = 1;
+    ctx.drawImage(den, 0, 0);
+    ctx.globalAlpha = mapOpacity();
+    ctx.drawImage(canvases.uncertainty, 0, 0, out.width, out.height);
   }
 
   async function drawChannel(ch, bytes, codec) {
@@ -208,7 +245,7 @@
   function applyView() {
     const v = state.view;
     const t = "translate(" + v.x + "px," + v.y + "px) scale(" + v.scale + ")";
-    for (const k of CHANNELS) canvases[k].style.transform = t;
+    for (const canvas of Object.values(canvases)) canvas.style.transform = t;
   }
   function fitView() {
     const vp = document.querySelector("#view-raw .viewport").getBoundingClientRect().width
@@ -300,15 +337,22 @@
     send({ type: "pause", paused: state.paused });
   });
   $("reset-view").addEventListener("click", fitView);
-  $("show-uncertainty").addEventListener("change", () => {
-    if (state.shown) showUncertainty(state.shown.channels.find((c) => c.kind === "uncertainty"));
-    fitView();
-  });
+  function mapControlsChanged() {
+    $("map-opacity-row").classList.toggle("hidden", $("map-display").value !== "overlay");
+    $("map-opacity-value").textContent = Math.round(mapOpacity() * 100) + "%";
+    if (!state.shown) return;
+    showUncertainty(mapChannel(state.shown));
+    if (!state.view.fitted) fitView();
+  }
+  mapControlsChanged(); // a reload may have restored the form's choices
+  $("map-display").addEventListener("change", mapControlsChanged);
+  $("map-opacity").addEventListener("input", mapControlsChanged);
   $("layout").addEventListener("change", () => {
     const layout = $("layout").value;
     $("views").className = "views " + layout;
     $("split").classList.toggle("hidden", layout !== "split");
     applySplit();
+    mapControlsChanged();
     fitView();
   });
   function applySplit() {
