@@ -164,6 +164,16 @@ def zctx() -> Iterator[zmq.Context[Any]]:
 
 
 @pytest.fixture
+def push(zctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
+    """A detector's PUSH socket bound on 127.0.0.1 (port 0) and its endpoint; closed after the test."""
+    sock = zctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close()
+
+
+@pytest.fixture
 def subscribe(zctx: zmq.Context[Any]) -> Iterator[Callable[[str], Subscriber]]:
     subs: list[Subscriber] = []
 

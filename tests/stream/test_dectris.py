@@ -10,7 +10,7 @@ import hashlib
 import json
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,16 +172,6 @@ def dectris_service(services: list[DenoiseService]) -> Callable[..., DenoiseServ
         return svc
 
     return make
-
-
-@pytest.fixture
-def push(zctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
-    """A detector's PUSH socket bound on 127.0.0.1."""
-    sock = zctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close()
 
 
 def _send(sock: zmq.Socket[Any], messages: list[list[bytes]]) -> None:

@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,6 @@ def is_end(m: Any) -> bool:
 
 def denoised(messages: list[Any]) -> list[Any]:
     return [m for m in messages if m.header.type == "frame" and m.header.kind == "denoised"]
-
-
-@pytest.fixture
-def push(zctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
-    sock = zctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    endpoint = bind(sock, LOCAL)
-    yield sock, endpoint
-    sock.close()
 
 
 Serve = Callable[..., DenoiseService]

@@ -8,7 +8,7 @@ Real worker processes (an ONNX export: no torch in them), a loopback ipc/tcp lin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from emlive.core.errors import EmliveError
-from emlive.core.protocol import bind, encode, encode_frame, event_header, frame_header, parse_json_object
+from emlive.core.protocol import encode, encode_frame, event_header, frame_header, parse_json_object
 from emlive.stream.fanout import FanOut, WorkerSettings, checked_model_info
 from emlive.stream.inferworker import ERROR, RESULT, InferWorker
 from emlive.stream.service import DenoiseService, ServiceConfig
@@ -38,15 +38,6 @@ def gauss_onnx(gauss_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     from emlive.export.onnx_export import export_onnx
 
     return export_onnx(gauss_pt, tmp_path_factory.mktemp("fan-gauss") / "fan-gauss.onnx", check=False).path
-
-
-@pytest.fixture
-def push(zctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
-    sock = zctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    endpoint = bind(sock, LOCAL)
-    yield sock, endpoint
-    sock.close()
 
 
 def _offline(model: Path, load_model: Callable[..., Any], movie: np.ndarray, estimate: str) -> list[Any]:

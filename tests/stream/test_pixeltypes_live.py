@@ -7,7 +7,7 @@ Real loopback ZeroMQ (a detector PUSH socket, the service, a subscriber), the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,6 @@ def typical_movie(
     shift = {"int8": -60.0, "int16": -60.0, "uint32": 100_000.0, "int32": -100_000.0}.get(name, 0.0)
     values = counts * 0.37 if dtype.kind == "f" else counts + shift
     return values.astype(dtype)
-
-
-@pytest.fixture
-def push(zctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[Any], str]]:
-    """A detector's PUSH socket bound on 127.0.0.1."""
-    sock = zctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close()
 
 
 @pytest.fixture
