@@ -62,13 +62,9 @@ def _split_ensemble(text: str, body: str, ensembles: bool) -> tuple[str, Ensembl
 def parse_model_spec(text: str, *, ensembles: bool = True, allow_random: bool = False) -> ModelSpec:
     """One ``-m`` value -> :class:`ModelSpec`; a ``ConfigError`` naming the value and the rule when it is not one
     (empty label or path, unknown ``@`` suffix, a file that does not exist or is no model)."""
-    label: str | None = None
-    body = text.strip()
-    if "=" in body:
-        raw_label, _, body = body.partition("=")
-        label = raw_label.strip()
-        if not label:
-            raise ConfigError(f"-m {text!r}: the label before '=' is empty; {_rule(ensembles)}")
+    label, body = _split_label(text.strip())
+    if label is not None and not label:
+        raise ConfigError(f"-m {text!r}: the label before '=' is empty; {_rule(ensembles)}")
     body, ensemble = _split_ensemble(text, body.strip(), ensembles)
     if not body:
         raise ConfigError(f"-m {text!r}: no model path; {_rule(ensembles)}")
@@ -83,6 +79,18 @@ def parse_model_spec(text: str, *, ensembles: bool = True, allow_random: bool = 
     if not path.is_file():
         raise ConfigError(f"-m {text!r}: no such model file {path}; {_rule(ensembles)}")
     return ModelSpec(text, label, path, ensemble)
+
+
+def _split_label(body: str) -> tuple[str | None, str]:
+    """(label or None, the rest) of ``LABEL=PATH`` or ``PATH``, where either may hold '=' (a label "N=1", a
+    Lightning checkpoint "epoch=3-step=90.ckpt"): the first split, from no label on, whose rest names an existing
+    file (with or without an ``@`` suffix); else the split at the first '=' (its error names the missing file)."""
+    cuts = [i for i, c in enumerate(body) if c == "="]
+    for cut in [None, *cuts]:
+        label, rest = (None, body) if cut is None else (body[:cut].strip(), body[cut + 1 :].strip())
+        if any(Path(p).expanduser().is_file() for p in {rest, rest.rpartition("@")[0]} if p):
+            return label, rest
+    return (None, body) if not cuts else (body[: cuts[0]].strip(), body[cuts[0] + 1 :].strip())
 
 
 def parse_model_specs(

@@ -184,6 +184,25 @@ def test_bad_specs_are_one_clear_line(
     assert not (tmp_path / "q").exists()
 
 
+def test_labels_and_paths_may_hold_an_equals_sign(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split is where the rest names an existing file: a label "N=1", a Lightning checkpoint "epoch=3.ckpt"."""
+    from emlive.bench.model_specs import parse_model_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    model = tmp_path / "runs" / "epoch=3-step=90.ckpt"
+    model.write_bytes(b"")
+    for text, label in [
+        ("gauss N=1 (20 e-)=runs/epoch=3-step=90.ckpt", "gauss N=1 (20 e-)"),
+        ("runs/epoch=3-step=90.ckpt", None),
+        ("x=runs/epoch=3-step=90.ckpt@flips", "x"),
+    ]:
+        spec = parse_model_spec(text)
+        assert (spec.label, spec.path) == (label, Path("runs/epoch=3-step=90.ckpt")), text
+    with pytest.raises(ConfigError, match=r"no such model file nowhere=1\.pt"):
+        parse_model_spec("a=nowhere=1.pt")  # nothing exists: the first '=' splits, and the error names the rest
+
+
 @pytest.mark.timeout(60)
 def test_unknown_noise_correlation_is_a_usage_error_naming_the_choices(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
