@@ -159,14 +159,13 @@
     if (!ch || choice === "off" || layout === "raw" || (layout === "split" && choice === "beside")) return "none";
     return choice;
   }
-  function mapNote(ch) {
+  function mapNote(ch) { // why the map is not shown, where mapPlacement says "none"
     if (!ch) return NO_MAP;
     const what = "uncertainty: " + (ch.quantity || "std") + " of the denoised frame";
-    const layout = $("layout").value, choice = $("map-display").value;
-    if (choice === "off") return what + " (hidden)";
-    if (layout === "raw") return what + ", shown with the denoised frame: choose a layout that shows it";
-    if (layout === "split" && choice === "beside") return what + ": no room beside the split, choose 'over the denoised frame'";
-    return what;
+    if (mapPlacement(ch) !== "none") return what;
+    if ($("map-display").value === "off") return what + " (hidden)";
+    if ($("layout").value === "raw") return what + ", shown with the denoised frame: choose a layout that shows it";
+    return what + ": no room beside the split, choose 'over the denoised frame'";
   }
   function showUncertainty(ch) {
     const place = mapPlacement(ch), view = $("view-uncertainty");
