@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from emlive.analysis.evaluate import EvaluationReport
     from emlive.analysis.noise_stats import NoiseCorrelation
+    from emlive.core.modelcard import VarianceCalibration
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,26 @@ def plot_training_curves(curves: TrainingCurves, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.suptitle(f"{curves.name}: {len(epochs)} epoch(s)")
+    return _save(fig, path)
+
+
+def plot_prior_calibration(table: VarianceCalibration, path: Path) -> Path:
+    """The variance head's calibration (a card's ``prior_calibration``) as a reliability diagram: per bin, the prior
+    variance the residuals measured against the one the head predicted (network units, log-log), the diagonal
+    being a calibrated head. Returns the PNG's path."""
+    head = np.exp(np.asarray(table.log_var_z, dtype=np.float64))
+    measured = head * np.exp(np.asarray(table.log_scale, dtype=np.float64))
+    fig = _new_figure(5.6, 4.8)
+    ax = fig.subplots()
+    lo, hi = float(min(head.min(), measured.min())) / 1.5, float(max(head.max(), measured.max())) * 1.5
+    ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1, label="a calibrated head")
+    ax.plot(head, measured, color="C3", marker="o", label=f"measured ({len(head)} bins of equal size)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prior variance the head predicts (network units)")
+    ax.set_ylabel("prior variance the residuals measure")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"variance head on {table.frames} frames ({table.pixels} px) of {table.source}", fontsize=9)
     return _save(fig, path)
 
 

@@ -12,8 +12,9 @@ runs the model (a ``network.head=gaussian`` checkpoint) on every frame and print
   blind output within +-1 prior std;
 * the self-supervised :class:`~emlive.core.posterior.NoiseCheck` (and, with ``--wrong-gain F``, the check and the
   posterior under a noise model whose gain is F times the card's: the check must flag it);
-* "recalibrated": the same with the prior variance scaled by
-  :func:`~emlive.core.posterior.prior_variance_scale` (measured on the movie itself, no truth);
+* the variance head as the runtime uses it, with the card's recalibration
+  (:class:`~emlive.core.posterior.PriorCalibration`, measured on the training data) when it has one, and under
+  "head_as_trained" the same without it;
 * with ``--compare MODEL`` (a plain mean-head model trained at the same budget): its blind PSNR, so the report
   can say whether the variance head cost blind quality.
 
@@ -43,9 +44,9 @@ from emlive.core.normalize import frame_stats
 from emlive.core.posterior import (
     NoiseCheck,
     PixelNoise,
+    PriorCalibration,
     posterior,
     predicted_gain_db,
-    prior_variance_scale,
     to_counts,
 )
 from emlive.core.simulate import SyntheticMovie, make_config
@@ -136,7 +137,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     noise = PixelNoise.from_card(card.noise)
     noisy, clean = simulate(args.dose, args.detector, args.size, args.frames, args.seed)
     out = network_outputs(net, noisy, card.frames)
-    mu, log_var = out[:, 0], out[:, 1]
+    mu, head_log_var = out[:, 0], out[:, 1]
+    calibration = None if card.prior_calibration is None else PriorCalibration.from_card(card.prior_calibration)
+    log_var = head_log_var
+    if calibration is not None:  # on the head's output in z-units, as the runtime
+        log_std2 = 2.0 * np.log(frame_stats(noisy)[1])[:, None, None]
+        log_var = calibration.apply(head_log_var - log_std2) + log_std2
     report: dict[str, Any] = {
         "model": str(args.model),
         "movie": {k: getattr(args, k) for k in ("dose", "detector", "size", "frames", "seed")},
@@ -144,14 +150,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "noise_model": asdict(noise),
         **evaluate(mu, log_var, noisy, clean, noise),
     }
-    scale = prior_variance_scale(mu, log_var, noisy, noise)  # self-supervised: from the blind residuals
-    recal = evaluate(mu, log_var + np.log(scale), noisy, clean, noise)
-    report["recalibrated"] = {
-        "prior_variance_scale": scale,
-        "posterior": recal["posterior"],
-        "gain_db": {k: v for k, v in recal["gain_db"].items() if not k.startswith("per_frame")},
-        "calibration": recal["calibration"],
-    }
+    if calibration is not None:
+        raw = evaluate(mu, head_log_var, noisy, clean, noise)
+        report["head_as_trained"] = {
+            "posterior": raw["posterior"],
+            "gain_db": {k: v for k, v in raw["gain_db"].items() if not k.startswith("per_frame")},
+            "calibration": raw["calibration"],
+        }
     if args.wrong_gain:
         wrong = replace(noise, slope=noise.slope * args.wrong_gain, intercept=noise.intercept * args.wrong_gain)
         bad = evaluate(mu, log_var, noisy, clean, wrong)

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emlive import __version__
 from emlive.core.errors import ModelFileError, require_training_stack
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CARD_KEY = "emlive_card"
 STATE_PREFIX = "net."
 CARD_SCHEMA_VERSION = 1
+MAX_CALIBRATION_BINS = 64  # bins a card's prior_calibration may hold
 
 
 class Normalization(str, Enum):
@@ -97,6 +98,29 @@ class NoiseModel(BaseModel):
     )
 
 
+class VarianceCalibration(BaseModel):
+    """The variance head's self-supervised recalibration (:class:`emlive.core.posterior.PriorCalibration`),
+    measured on movies the model denoised after training (``emlive train`` measures it on its training data;
+    ``emlive calibrate`` on any movie of the detector). Optional: without it the head is used as trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    log_var_z: list[float] = Field(description="Bin centres: the head's mean log prior variance (z-units) per bin.")
+    log_scale: list[float] = Field(description="Per bin: log of the factor applied to the head's prior variance.")
+    pixels: int = Field(ge=1, description="Pixels it was measured on.")
+    frames: int = Field(ge=1, description="Frames it was measured on.")
+    source: str = Field(description="What it was measured on (the training data, or a movie's path).")
+
+    @model_validator(mode="after")
+    def _bins(self) -> VarianceCalibration:
+        if not 1 <= len(self.log_var_z) == len(self.log_scale) <= MAX_CALIBRATION_BINS:
+            raise ValueError(
+                f"prior_calibration: {len(self.log_var_z)} bin centres and {len(self.log_scale)} scales; need as "
+                f"many of each, 1 to {MAX_CALIBRATION_BINS}"
+            )
+        return self
+
+
 class TeacherInfo(BaseModel):
     """The blind-spot teacher a student was distilled from (``emlive distill``)."""
 
@@ -125,6 +149,9 @@ class ModelCard(BaseModel):
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     noise: NoiseModel | None = Field(None, description="Noise model measured on the training data, if any.")
     teacher: TeacherInfo | None = Field(None, description="The teacher of a distilled student; None otherwise.")
+    prior_calibration: VarianceCalibration | None = Field(
+        None, description="The variance head's recalibration (network.head=gaussian), when it was measured."
+    )
 
     @property
     def frames(self) -> int:

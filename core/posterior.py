@@ -24,6 +24,9 @@ noise is NOT independent of its neighbours, which the blind spot hides from the 
 is still right (the kernel's sum of squares is in the slope), so the posterior of each pixel alone stays valid;
 the remaining correlation of the noise between pixels is left in (no whitening).
 
+:class:`PriorCalibration` is the variance head's self-supervised recalibration, measured on the training data (or
+with ``emlive calibrate``) and kept in the card; the runtime applies it to the head's output before anything here.
+
 :class:`NoiseCheck` is the self-supervised test of the noise model (no truth needed): in the blind spot the prior
 is independent of the pixel's noise, so ``E[(y - mu)^2] = E[s_x^2] + E[s_n^2]``. A measured/predicted ratio far
 from 1 means the noise model (or the variance head) is wrong; the check says which way and recommends the blind
@@ -43,7 +46,7 @@ import numpy as np
 from emlive.core.errors import ConfigError, InputDataError
 
 if TYPE_CHECKING:
-    from emlive.core.modelcard import NoiseModel
+    from emlive.core.modelcard import NoiseModel, VarianceCalibration
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,10 @@ CHECK_BLOCK = 16  # px, blocks of the noise check's standard error
 CHECK_FRAMES = 3  # frames the noise check runs on: of each movie offline, the first of each acquisition live
 CHECK_SIGMAS = 5.0  # the noise check flags a ratio this many standard errors from 1 ...
 CHECK_TOLERANCE = 0.15  # ... and off by more than this fraction (a few % is harmless to the posterior)
+CALIBRATION_BINS = 20  # bins of the prior calibration (PriorCalibration)
+CALIBRATION_MIN_PIXELS = 20_000  # pixels per bin at least (fewer bins on less data)
+CALIBRATION_MIN_SCALE = 1e-3  # a bin's scale of the prior variance at least (an excess <= 0: the blind output)
+CALIBRATION_MIN_STEP = 0.01  # bin centres closer than this (log variance: 1%) are pooled: no steep, noisy table
 
 
 class Estimate(enum.StrEnum):
@@ -157,6 +164,107 @@ def kernel_sum(rho: np.ndarray) -> float:
     off = rho.copy()
     off[rho.shape[0] // 2, rho.shape[1] // 2] = 0.0
     return 1.0 + float(off[np.abs(off) > KERNEL_NOISE_RHO].sum())
+
+
+@dataclass(frozen=True)
+class PriorCalibration:
+    """A self-supervised recalibration of a variance head, measured on the training data and kept in the card.
+
+    A head trained by the Gaussian NLL learns s_x^2 slowly where the prior is much tighter than the noise (its
+    learning signal per pixel is about s_x^2 / s_n^2): after a CPU budget a 5-frame head at 20-100 e-/px/frame
+    predicts half to a tenth of its true error in most pixels (30-55% of pixels within +-1 std, 68% nominal), while
+    its ranking of pixels (where the prior is weak) is sound. In the blind spot the prior's error and the pixel's
+    noise are independent, so over any set of pixels ``mean((y - mu)^2) = mean(s_x^2) + mean(s_n^2)`` (the noise
+    check's relation) gives the true mean prior variance without the truth.
+
+    :meth:`fit` sorts pixels by the head's own output, its log prior variance in the network's units (z-units of
+    the center frame: whole-frame statistics, independent of any one pixel's noise or error), splits them into up
+    to CALIBRATION_BINS equal bins and measures one scale per bin, ``c = (sum (y - mu)^2 - sum s_n^2) / sum s_x^2``
+    (at least CALIBRATION_MIN_SCALE). :meth:`apply` adds the log scale, interpolated in the head's output (constant
+    beyond the outer bins), to that output. A key that involved the prior mean (say s_x^2 / s_n^2(mu)) would select
+    pixels by the prior's own error and bias the bins. With a scale per bin, the posterior's MSE over a bin is the
+    one :func:`predicted_gain_db` predicts from the calibrated variance (the weight is linear in the errors it
+    averages), so the predicted gain becomes a measured one.
+    """
+
+    log_var_z: tuple[float, ...]  # bin centres: the mean log prior variance (z-units) of the head in each bin
+    log_scale: tuple[float, ...]  # log of each bin's scale of s_x^2
+    pixels: int  # pixels it was measured on
+
+    def __post_init__(self) -> None:
+        r, c = np.asarray(self.log_var_z, dtype=np.float64), np.asarray(self.log_scale, dtype=np.float64)
+        if r.ndim != 1 or r.size < 1 or r.shape != c.shape:
+            raise ConfigError(
+                f"prior calibration: {r.size} bin centres and {c.size} scales; need as many of each (at least one)"
+            )
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(c))) or np.any(np.diff(r) <= 0):
+            raise ConfigError(
+                "prior calibration: bin centres must be finite and strictly increasing, scales finite; the card's "
+                "prior_calibration is corrupt: re-run `emlive calibrate MODEL MOVIE`"
+            )
+
+    def apply(self, log_var_z: np.ndarray) -> np.ndarray:
+        """The calibrated log prior variance (float32, z-units) of the head's output ``log_var_z``."""
+        lv = np.asarray(log_var_z, dtype=np.float32)
+        return lv + np.interp(lv, self.log_var_z, self.log_scale).astype(np.float32)
+
+    @classmethod
+    def fit(
+        cls, mu: np.ndarray, log_var_prior: np.ndarray, observed: np.ndarray, noise: PixelNoise,
+        frame_std: np.ndarray | float, *, bins: int = CALIBRATION_BINS,
+    ) -> PriorCalibration:  # fmt: skip
+        """Measure the table on (T, H, W) (or (H, W)) arrays in counts: the blind output, its log prior variance and
+        the observed frames (never pixels the network saw); ``frame_std``: each frame's std (T,), the runtime's
+        normalisation, which turns the log prior variance into the head's z-units. Fewer bins on fewer pixels (at
+        least CALIBRATION_MIN_PIXELS per bin; down to one: a single scale)."""
+        m, lv, y, key = _calibration_inputs(mu, log_var_prior, observed, frame_std)
+        noise_var = noise.variance(m)
+        n_bins = int(np.clip(m.size // CALIBRATION_MIN_PIXELS, 1, max(1, bins)))
+        sums = [  # per bin: sum of the key, of the excess residual, of the predicted s_x^2; pixels
+            [float(key[i].sum()), float(np.sum((y[i] - m[i]) ** 2 - noise_var[i])), float(np.exp(lv[i]).sum()), i.size]
+            for i in np.array_split(np.argsort(key, kind="stable"), n_bins)
+        ]
+        merged: list[list[float]] = []
+        for part in sums:  # bins of (nearly) one head value are pooled (a constant head: one bin)
+            if merged and part[0] / part[3] <= merged[-1][0] / merged[-1][3] + CALIBRATION_MIN_STEP:
+                merged[-1] = [a + b for a, b in zip(merged[-1], part, strict=True)]
+            else:
+                merged.append(part)
+        centres = tuple(k / n for k, _, _, n in merged)
+        scales = tuple(math.log(max(e / p, CALIBRATION_MIN_SCALE)) for _, e, p, _ in merged)
+        return cls(centres, scales, int(m.size))
+
+    @classmethod
+    def from_card(cls, card: VarianceCalibration) -> PriorCalibration:
+        """The calibration of a card's ``prior_calibration``."""
+        return cls(tuple(card.log_var_z), tuple(card.log_scale), card.pixels)
+
+    def to_card(self, frames: int, source: str) -> VarianceCalibration:
+        """The card's record of it, measured on ``frames`` frames of ``source``."""
+        from emlive.core.modelcard import VarianceCalibration
+
+        return VarianceCalibration(
+            log_var_z=list(self.log_var_z), log_scale=list(self.log_scale), pixels=self.pixels, frames=frames,
+            source=source,
+        )  # fmt: skip
+
+
+def _calibration_inputs(
+    mu: np.ndarray, log_var_prior: np.ndarray, observed: np.ndarray, frame_std: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`PriorCalibration.fit`'s arrays checked and flattened: mu, log prior variance (counts^2, clipped),
+    observed, and the key (the head's log prior variance in z-units)."""
+    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
+    _same_shape(mu=m, log_var_prior=lv, observed=y)
+    std = _as_array("frame_std", frame_std)
+    frames = m.size // max(1, m.shape[-2] * m.shape[-1]) if m.ndim >= 2 else 0
+    if m.size == 0 or m.ndim < 2 or np.any(std <= 0) or std.size not in (1, frames):
+        raise InputDataError(
+            f"prior calibration: arrays of shape {list(m.shape)} with {std.size} frame std(s); give (T, H, W) "
+            "frames, at least one, and a positive std per frame"
+        )
+    key = lv - 2.0 * np.log(std).reshape((*std.shape, 1, 1) if std.size > 1 else ())
+    return m.ravel(), np.clip(lv.ravel(), -700.0, 700.0), y.ravel(), key.ravel()
 
 
 @dataclass(frozen=True)
@@ -448,19 +556,6 @@ def decide_estimate(estimate: Estimate, check: NoiseCheck | None, *, forced: boo
     if estimate is Estimate.posterior and check is not None and not check.ok and not forced:
         return Estimate.blind
     return estimate
-
-
-def prior_variance_scale(
-    mu: np.ndarray, log_var_prior: np.ndarray, observed: np.ndarray, noise: PixelNoise
-) -> float:
-    """The factor c that makes the variance head agree with the data on average, from the noise check's relation
-    (no truth needed): mean((y - mu)^2) = c mean(s_x^2) + mean(s_n^2). A self-supervised recalibration of an
-    under-trained (over- or under-confident) variance head: add log(c) to the log prior variance. Trusts the
-    noise model (run the :class:`NoiseCheck` first); at least 1e-3."""
-    m, lv, y = _as_array("mu", mu), _as_array("log_var_prior", log_var_prior), _as_array("observed", observed)
-    _same_shape(mu=m, log_var_prior=lv, observed=y)
-    excess = float(np.mean((y - m) ** 2) - np.mean(noise.variance(m)))
-    return max(excess / float(np.mean(np.exp(np.clip(lv, -700.0, 700.0)))), 1e-3)
 
 
 def _block_sums(values: np.ndarray, block: int) -> np.ndarray:

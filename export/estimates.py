@@ -33,7 +33,7 @@ import numpy as np
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import ModelCard
 from emlive.core.normalize import denormalize
-from emlive.core.posterior import Estimate, PixelNoise, posterior
+from emlive.core.posterior import Estimate, PixelNoise, PriorCalibration, posterior
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ def card_noise(card: ModelCard, source: str) -> PixelNoise | None:
     except (ConfigError, ValueError) as exc:
         log.warning("%s: the card's noise model cannot be used for the posterior (%s)", source, exc)
         return None
+
+
+def card_calibration(card: ModelCard) -> PriorCalibration | None:
+    """The variance head's recalibration from a card (None without one)."""
+    if card.prior_calibration is None:
+        return None
+    return PriorCalibration.from_card(card.prior_calibration)
 
 
 def choose_estimate(
@@ -128,11 +135,15 @@ def estimate_frame(
     estimate: Estimate,
     noise: PixelNoise | None,
     what: str,
+    calibration: PriorCalibration | None = None,
 ) -> Denoised:
     """The estimate and its uncertainty from the network's (2, H, W) output ``z`` in z-units of a center frame of
-    ``mean`` and ``std``; ``observed()`` gives that raw frame as float32 (read only for the posterior)."""
+    ``mean`` and ``std``; ``observed()`` gives that raw frame as float32 (read only for the posterior).
+    ``calibration``: the card's recalibration of the variance head (:func:`card_calibration`), applied to the head's
+    output first (so to both estimates, every uncertainty map and every noise check)."""
     prior_mean = denormalize(z[0], mean, std, what)  # the blind output, as a plain call computes it
-    log_var = z[1] + 2.0 * math.log(std)  # z-units^2 -> counts^2 (float64)
+    head = z[1] if calibration is None else calibration.apply(z[1])  # the card's recalibration of the head
+    log_var = head + 2.0 * math.log(std)  # z-units^2 -> counts^2
     if noise is None:  # blind, no noise model: the prior alone
         prior_std = np.exp(0.5 * log_var).astype(np.float32)
         return Denoised(prior_mean, prior_std, prior_mean, prior_std, None, estimate)

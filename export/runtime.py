@@ -89,6 +89,7 @@ from emlive.export.backends import (
 from emlive.export.errors import GPU_INSTALL_HINT, BackendUnavailableError
 from emlive.export.estimates import (  # noqa: F401 - Denoised re-exported: the runtime's uncertainty result
     Denoised,
+    card_calibration,
     card_noise,
     choose_estimate,
     estimate_frame,
@@ -393,6 +394,7 @@ class Denoiser:
         self._lock = threading.RLock()
         self.channels = cfg.out_channels  # network outputs: 1, or 2 for head=gaussian (mean, log prior variance)
         self.noise = card_noise(card, source)  # the card's pixel noise model (counts), None without one
+        self.calibration = card_calibration(card)  # the variance head's recalibration, if measured
         self.estimate = choose_estimate(estimate, card, self.noise, source)  # what the plain calls return
         log.info(
             "denoiser: %s on %s (%d frames, blind spot %dx%d, width %d, tile %d px, margin %d px, %s estimate)",
@@ -622,7 +624,9 @@ class Denoiser:
         if estimate is Estimate.blind and not uncertainty:
             return self._denormalize(z[0], mean, std)
         needs_variance_head(self.card, self.source)
-        found = estimate_frame(z, mean, std, observed, estimate, self.noise, "the center frame of the window")
+        found = estimate_frame(
+            z, mean, std, observed, estimate, self.noise, "the center frame of the window", self.calibration
+        )
         return found if uncertainty else found.mean
 
     def stream(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ import zmq
 
 @pytest.fixture(scope="session")
 def gaussian_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``gaussian_checkpoint(name, *, scales=3, seed=0, gain=1.0, offset=0.0, read_noise=0.0, constant_prior=False)``:
+    """``gaussian_checkpoint(name, *, scales=3, seed=0, gain=1.0, offset=0.0, read_noise=0.0, constant_prior=False,
+    calibrated=False)``:
     a tiny random-weight ``network.head=gaussian`` checkpoint (width 8, 1 block) whose card carries that detector
     noise model (gain x electrons + offset, Gaussian read noise; the defaults: a counting detector).
-    ``constant_prior``: the head's last weights at 0, so the prior is the same everywhere (the noise-check cases)."""
+    ``constant_prior``: the head's last weights at 0, so the prior is the same everywhere (the noise-check cases).
+    ``calibrated``: the card carries a variance-head recalibration (prior variance x1.5 where the head's output is
+    low, x0.8 where it is high), which every runtime must apply."""
 
     def make(
         name: str,
@@ -26,10 +30,11 @@ def gaussian_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
         offset: float = 0.0,
         read_noise: float = 0.0,
         constant_prior: bool = False,
+        calibrated: bool = False,
     ) -> Path:
         import torch
 
-        from emlive.core.modelcard import ModelCard, NoiseModel, save_model
+        from emlive.core.modelcard import ModelCard, NoiseModel, VarianceCalibration, save_model
         from emlive.core.network import BlindSpotNet, NetworkConfig
 
         torch.manual_seed(seed)
@@ -41,8 +46,10 @@ def gaussian_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
         noise = NoiseModel(method="difference", gain=gain, offset=offset, read_noise=read_noise,
                            intercept=read_noise**2 - gain * offset, kernel=[[1.0]],
                            recommended_blind_spot=(1, 1))  # fmt: skip
-        return save_model(tmp_path_factory.mktemp(name) / f"{name}.pt", net,
-                          ModelCard(name=name, network=cfg, noise=noise))  # fmt: skip
+        table = VarianceCalibration(log_var_z=[-2.0, 2.0], log_scale=[math.log(1.5), math.log(0.8)], pixels=1,
+                                    frames=1, source="test")  # fmt: skip
+        card = ModelCard(name=name, network=cfg, noise=noise, prior_calibration=table if calibrated else None)
+        return save_model(tmp_path_factory.mktemp(name) / f"{name}.pt", net, card)
 
     return make
 

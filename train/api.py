@@ -291,7 +291,13 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> TrainRes
         accelerator,
         _precision(cfg, accelerator),
     )
-    return fit(cfg, DenoiserModule(cfg, card, pixel_noise), train_set, loaders, run_dir, accelerator, callbacks)
+    result = fit(cfg, DenoiserModule(cfg, card, pixel_noise), train_set, loaders, run_dir, accelerator, callbacks)
+    if cfg.network.head is Head.gaussian and pixel_noise is not None and result.global_rank == 0:
+        from emlive.train.calibrate import calibrate_training_run
+
+        result.card = calibrate_training_run(result.model, train_sources)
+        (run_dir / "model_card.json").write_text(result.card.model_dump_json(indent=2))
+    return result
 
 
 def log_processes(cfg: TrainConfig | DistillConfig, accelerator: str) -> None:

@@ -98,7 +98,42 @@ def distill_command(
     typer.echo(f"throughput:      {result.samples_per_second:.1f} samples/s")
 
 
+CALIBRATE_HELP = """Recalibrate a probabilistic model's variance head on a movie (self-supervised: no clean frames).
+
+A network.head=gaussian model predicts each pixel's prior and its variance; after a short training the variance
+is often too small where the prior is tight (an overconfident uncertainty map, a posterior that trusts the
+prior too much). In the blind spot the prior's error and the pixel's noise are independent, so the residual of the
+blind output minus the noise model's variance measures the true prior variance over many pixels. This measures a
+scale for each of up to 20 bins of the head's output on the middle frames of MOVIE (at most 8 M pixels) and
+writes it into the model's card; every runtime (denoise, serve, export, bench) applies it. `emlive train` already
+does this on its training data; use this for a model trained before, or on the acquisition you are about to
+denoise (best: its scene may differ from the training movie's). A .ckpt is written as the .pt of the same name:
+
+  emlive calibrate runs/exp/gaussian/model.pt movie.tif            # rewrites model.pt
+  emlive calibrate runs/exp/gaussian/model.pt movie.tif -o calibrated.pt
+  emlive export calibrated.pt -o calibrated.onnx                   # the export carries it
+"""
+
+
+def calibrate_command(
+    model: Path = typer.Argument(..., help="A network.head=gaussian model (.pt or .ckpt)."),
+    movie: Path = typer.Argument(..., help="A noisy movie of the detector (any format emlive reads)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the calibrated model here (.pt)."),
+) -> None:
+    require_training_stack("emlive calibrate", ("torch",))
+    from emlive.core.readers import open_movie
+    from emlive.train.calibrate import calibrate_model, calibration_png
+
+    target = output if output is not None else model.with_suffix(".pt")
+    with open_movie(movie) as frames:
+        table = calibrate_model(model, frames, str(movie), target)
+    typer.echo(f"calibrated on {table.frames} frames ({table.pixels} px) of {movie}: {len(table.log_scale)} bins")
+    typer.echo(f"model: {target}")
+    typer.echo(f"reliability diagram: {calibration_png(target)}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``distill`` to the root app."""
+    """Add ``train``, ``distill`` and ``calibrate`` to the root app."""
     app.command("train", help=TRAIN_HELP)(train_command)
     app.command("distill", help=DISTILL_HELP)(distill_command)
+    app.command("calibrate", help=CALIBRATE_HELP)(calibrate_command)

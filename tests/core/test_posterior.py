@@ -17,9 +17,9 @@ from emlive.core.posterior import (
     NoiseCheck,
     PixelNoise,
     Posterior,
+    PriorCalibration,
     posterior,
     predicted_gain_db,
-    prior_variance_scale,
 )
 from emlive.core.simulate import SyntheticMovie, detector_truth, make_config
 
@@ -194,10 +194,73 @@ def test_noise_check_detects_a_wrong_gain(known_prior: tuple, factor: float, say
     assert check.to_dict()["ok"] is False
 
 
-def test_prior_variance_scale_recalibrates_an_overconfident_head(known_prior: tuple) -> None:
-    """The prior's true error variance is 2 counts^2; a head that says 0.5 is 4x overconfident."""
-    mu, lv, y, truth = known_prior
-    assert prior_variance_scale(mu, lv - math.log(4.0), y, truth) == pytest.approx(4.0, rel=0.1)
+@pytest.fixture(scope="module")
+def two_priors() -> tuple[np.ndarray, np.ndarray, np.ndarray, PixelNoise, np.ndarray]:
+    """A simulated counting movie (5 e-/px) and a prior whose true error variance is 0.5 counts^2 on the left half
+    of each frame and 4 on the right (``true_var``)."""
+    cfg = make_config(height=256, width=256, frames=4, dose=5.0, seed=6)
+    movie = SyntheticMovie(cfg)
+    clean = np.stack([movie.clean(t) for t in range(4)]).astype(np.float64)
+    noisy = np.stack([np.asarray(movie[t]) for t in range(4)]).astype(np.float64)
+    true_var = np.where(np.arange(256) < 128, 0.5, 4.0)[None, None, :] * np.ones_like(clean)
+    mu = clean + np.sqrt(true_var) * np.random.default_rng(2).standard_normal(clean.shape)
+    truth = PixelNoise(slope=cfg.gain, intercept=-cfg.gain * cfg.offset, offset=cfg.offset, correlated=False)
+    return mu, noisy, truth, true_var, clean
+
+
+def test_prior_calibration_corrects_a_head_wrong_by_a_different_factor_where_the_prior_is_tight_or_loose(
+    two_priors: tuple,
+) -> None:
+    """The head says 1/8 of the true variance on the left (overconfident), 2x on the right: the table measured
+    without the truth brings both halves within 15% of it, and the gain the calibrated head predicts is measured."""
+    mu, y, noise, true_var, clean = two_priors
+    head = np.log(true_var * np.where(true_var < 1, 1 / 8, 2.0))
+    table = PriorCalibration.fit(mu, head, y, noise, 1.0)  # frames of std 1: z-units are counts
+    assert table.pixels == mu.size and len(table.log_var_z) == 3  # the bins of each head value pooled, and one mixed
+    calibrated = np.exp(table.apply(head))
+    for half in (true_var < 1, true_var > 1):
+        assert calibrated[half].mean() == pytest.approx(true_var[half].mean(), rel=0.15)
+    post = posterior(mu, table.apply(head), y, noise, exact_below=0)
+    measured = 10 * np.log10(((mu - clean) ** 2).mean() / ((post.mean - clean) ** 2).mean())
+    predicted = predicted_gain_db(post.prior_std.astype(np.float64) ** 2, post.noise_std.astype(np.float64) ** 2)
+    assert measured == pytest.approx(predicted, rel=0.15)
+    uncalibrated = posterior(mu, head, y, noise, exact_below=0)
+    assert measured > 10 * np.log10(((mu - clean) ** 2).mean() / ((uncalibrated.mean - clean) ** 2).mean()) + 0.05
+
+
+def test_prior_calibration_leaves_a_calibrated_head_alone_and_pools_a_constant_one(two_priors: tuple) -> None:
+    mu, y, noise, true_var, _ = two_priors
+    std = np.array([2.0, 0.5, 1.0, 3.0])  # the frames' stds: the head's z-units differ from counts per frame
+    table = PriorCalibration.fit(mu, np.log(true_var), y, noise, std)
+    assert np.all(np.abs(np.asarray(table.log_scale)) < 0.2), table.log_scale
+    flat = np.full(mu.shape, 7.0)  # one prior mean and variance everywhere: one ratio, one pooled bin
+    pooled = PriorCalibration.fit(flat, np.zeros(mu.shape), y, noise, 1.0)
+    excess = float(np.mean((y - flat) ** 2) - np.mean(noise.variance(flat)))
+    assert len(pooled.log_var_z) == 1 and math.exp(pooled.log_scale[0]) == pytest.approx(excess, rel=1e-9)
+
+
+def test_prior_calibration_bins_by_the_heads_output_in_z_units(two_priors: tuple) -> None:
+    """Frames normalised by different stds: the same head output (z-units) gets the same scale in every frame."""
+    mu, y, noise, true_var, _ = two_priors
+    std = np.array([2.0, 0.5, 1.0, 3.0])[:, None, None]
+    head_z = np.log(true_var / 4.0) - 2.0 * np.log(std)  # 4x overconfident everywhere, in each frame's units
+    table = PriorCalibration.fit(mu, head_z + 2.0 * np.log(std), y, noise, std.ravel())
+    scales = np.exp(table.log_scale)
+    assert np.all((scales > 2.5) & (scales < 6.0)), scales
+    np.testing.assert_allclose(table.apply(head_z) - head_z, np.interp(head_z, table.log_var_z, table.log_scale),
+                               atol=1e-5)  # fmt: skip
+    with pytest.raises(InputDataError, match="a positive std per frame"):
+        PriorCalibration.fit(mu, head_z, y, noise, np.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("centres", "scales", "says"),
+    [((0.0, 0.0), (0.0, 0.0), "strictly increasing"), ((0.0,), (0.0, 1.0), "1 bin centres and 2 scales"),
+     ((0.0, float("nan")), (0.0, 0.0), "finite"), ((), (), "0 bin centres")],
+)  # fmt: skip
+def test_a_corrupt_calibration_table_is_refused_by_name(centres: tuple, scales: tuple, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        PriorCalibration(centres, scales, 1)
 
 
 @pytest.mark.parametrize(

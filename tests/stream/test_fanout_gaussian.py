@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(scope="module")
 def gauss_pt(gaussian_checkpoint: Callable[..., Path]) -> Path:
-    return gaussian_checkpoint("fan-gauss")
+    return gaussian_checkpoint("fan-gauss", calibrated=True)  # the workers apply the card's recalibration
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ LOCAL = "tcp://127.0.0.1:0"
 
 @pytest.fixture(scope="module")
 def gaussian_path(gaussian_checkpoint: Callable[..., Path]) -> Path:
-    return gaussian_checkpoint("tiny-gauss")
+    return gaussian_checkpoint("tiny-gauss", calibrated=True)  # live and offline apply the card's recalibration
 
 
 @pytest.fixture(scope="module")

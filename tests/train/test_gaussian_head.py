@@ -135,6 +135,12 @@ def test_train_gaussian_head_records_it_and_validates_the_posterior(movie: Path,
     assert card.network.head is Head.gaussian and card.training.loss == "gaussian_nll"
     assert card.noise is not None and card.noise.source == "training data" and card.noise.gain is not None
     assert card.training.model_extra and "val_psnr_posterior" in card.training.model_extra
+    # the head was recalibrated on the middle of its training frames (0..10 of 12: 10 frames of 64 x 64)
+    table = card.prior_calibration
+    assert table is not None and table.source == "training data" and table.frames == 10 and table.pixels == 40960
+    assert 1 <= len(table.log_var_z) == len(table.log_scale) <= 2  # 20 000 px a bin at least; a 2-step head barely
+    assert table.log_scale[0] < 0  # varies (its bins pool); it starts wider than the residuals say
+    assert (result.model.parent / "model.calibration.png").stat().st_size > 0
     with torch.no_grad():
         assert net(torch.randn(1, 5, 40, 40)).shape == (1, 2, 40, 40)
 
