@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from emlive.bench.quality import (
     inverse_generalized_anscombe,
     run_quality_benchmark,
 )
-from emlive.cli import main
 from emlive.core.ensemble import Ensemble, ensemble_average
 from emlive.core.errors import ConfigError
 from emlive.core.metrics import psnr_paper
@@ -36,6 +34,8 @@ from emlive.core.simulate import SimulationConfig, detector_truth, simulate_movi
 from emlive.core.student import StudentConfig, StudentNet
 from emlive.core.windows import stack_window, window_indices
 from emlive.export.runtime import Denoiser
+
+from ..entry import run_emlive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -145,21 +145,13 @@ def test_dihedral_is_refused_for_a_model_whose_blind_spot_is_not_square(tmp_path
     assert not (tmp_path / "out").exists(), "refused before anything ran"
 
 
-def _emlive(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["emlive", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
 
 def test_command_prints_one_row_per_model(
-    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["bench-quality", "-m", f"t={models['teacher']}", "-m", f"s={models['student']}", "-o", str(tmp_path)]
     small = ["--size", "40", "--frames", "8", "--eval-frames", "2", "--no-bm3d", "--threads", "1"]
-    assert _emlive(monkeypatch, *args, *small, "--correlated", "isotropic", "--dose", "20") == 0
+    assert run_emlive(*args, *small, "--correlated", "isotropic", "--dose", "20") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["method", "PSNR", "SSIM", "PSNRfix", "SSIMfix", "r", "s/frame"]
     assert [line.split()[0] for line in lines[-2:]] == ["t", "s"]
@@ -176,9 +168,9 @@ def test_command_prints_one_row_per_model(
     ],
 )
 def test_bad_specs_are_one_clear_line(
-    spec: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    spec: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _emlive(monkeypatch, "bench-quality", "-m", spec, "-o", str(tmp_path / "q")) == 2
+    assert run_emlive("bench-quality", "-m", spec, "-o", str(tmp_path / "q")) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
@@ -205,9 +197,9 @@ def test_labels_and_paths_may_hold_an_equals_sign(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.timeout(60)
 def test_unknown_noise_correlation_is_a_usage_error_naming_the_choices(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _emlive(monkeypatch, "bench-quality", "--correlated", "diagonal", "-o", str(tmp_path)) == 2
+    assert run_emlive("bench-quality", "--correlated", "diagonal", "-o", str(tmp_path)) == 2
     err = capsys.readouterr().err
     assert "'diagonal' is not one of" in err and "isotropic" in err
     assert not (tmp_path / "quality.json").exists()
@@ -265,9 +257,9 @@ def test_models_per_setting_are_parsed_and_an_unswept_setting_is_refused(
     ],
 )
 def test_bad_sweep_options_are_one_clear_line(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _emlive(monkeypatch, "bench-quality", *args, "--no-bm3d", "-o", str(tmp_path / "q")) == 2
+    assert run_emlive("bench-quality", *args, "--no-bm3d", "-o", str(tmp_path / "q")) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "q").exists()
@@ -277,8 +269,8 @@ def test_bad_sweep_options_are_one_clear_line(
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     """A tiny sweep, two doses of a counting detector, its blind (Gaussian-head) and oracle models trained 1 step."""
     out = tmp_path_factory.mktemp("sweep")
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as stdout:
-        assert _emlive(mp, "bench-quality", *SWEEP_ARGS, "-o", str(out)) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert run_emlive("bench-quality", *SWEEP_ARGS, "-o", str(out)) == 0
     return out, json.loads((out / "quality.json").read_text()), stdout.getvalue()
 
 
@@ -325,10 +317,10 @@ def test_a_tiny_sweep_trains_scores_every_setting_and_writes_the_dose_curve(
 
 @pytest.mark.timeout(120)
 def test_a_rerun_reuses_the_cached_models_and_trains_nothing(
-    sweep: tuple[Path, dict[str, Any], str], monkeypatch: pytest.MonkeyPatch
+    sweep: tuple[Path, dict[str, Any], str]
 ) -> None:
     out, first, _ = sweep
-    assert _emlive(monkeypatch, "bench-quality", "--doses", "100", *SWEEP_ARGS[2:], "-o", str(out)) == 0
+    assert run_emlive("bench-quality", "--doses", "100", *SWEEP_ARGS[2:], "-o", str(out)) == 0
     again = json.loads((out / "quality.json").read_text())
     assert again["trained"] == []
     rows = [r["psnr_frames"] for r in again["settings"][0]["rows"]]

@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import yaml
 
-from emlive.cli import main
 from emlive.core.errors import ConfigError
 from emlive.core.modelcard import ModelCard
 from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.simulate import make_config, simulate_movie
 from emlive.export.bioimageio import BIOIMAGEIO_INSTALL_HINT, FILES, export_bioimageio, geometry, sample_window
 from emlive.export.runtime import Denoiser
+
+from ..entry import run_emlive
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,15 +44,6 @@ class Package:
     output: str
 
 
-def _emlive(*args: str) -> int:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["emlive", *args])
-        try:
-            main()
-        except SystemExit as exc:
-            return int(exc.code or 0)
-    return 0
-
 
 @pytest.fixture(scope="module")
 def package(small, tmp_path_factory: pytest.TempPathFactory) -> Package:
@@ -62,7 +54,7 @@ def package(small, tmp_path_factory: pytest.TempPathFactory) -> Package:
     path = root / "model.zip"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMLIVE_CACHE_DIR", str(root / "cache"))
-        code = _emlive(
+        code = run_emlive(
             "export", str(small.ckpt), "--bioimageio", str(path), "--test-movie", str(movie), "--test-size", "64",
             "--author", "Test Author",
         )  # fmt: skip
@@ -165,7 +157,7 @@ def test_missing_extra_is_one_clear_line(
     for name in [m for m in sys.modules if m == "bioimageio" or m.startswith("bioimageio.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [HideBioimageio(), *sys.meta_path])
-    assert _emlive("export", str(small.ckpt), "--bioimageio", str(tmp_path / "m.zip")) == 2
+    assert run_emlive("export", str(small.ckpt), "--bioimageio", str(tmp_path / "m.zip")) == 2
     err = capsys.readouterr().err
     assert "bioimageio.spec, bioimageio.core not installed" in err and BIOIMAGEIO_INSTALL_HINT in err
     assert "Traceback" not in err and not (tmp_path / "m.zip").exists()

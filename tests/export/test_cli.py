@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
-from emlive.cli import main
 from emlive.export.cli import DEFAULT_OPSET
 from emlive.export.onnx_export import DEFAULT_OPSET as EXPORTER_DEFAULT_OPSET
 from emlive.export.runtime import BackendName, backend_unavailable_reason
 
-
-def _emlive(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["emlive", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from ..entry import run_emlive
 
 
 def test_export_command(
-    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli.onnx"
-    assert _emlive(monkeypatch, "export", str(small.ckpt), "-o", str(out), "--opset", "18") == 0
+    assert run_emlive("export", str(small.ckpt), "-o", str(out), "--opset", "18") == 0
     text = capsys.readouterr().out
     assert f"wrote {out} (fp32, opset 18" in text
     assert "parity onnxruntime vs torch: random 61x83: max |exported - torch|" in text
@@ -38,13 +29,13 @@ def test_export_command(
 
 
 def test_export_errors_are_one_line(
-    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _emlive(monkeypatch, "export", str(tmp_path / "none.ckpt"), "-o", str(tmp_path / "x.onnx")) == 2
+    assert run_emlive("export", str(tmp_path / "none.ckpt"), "-o", str(tmp_path / "x.onnx")) == 2
     err = capsys.readouterr().err
     assert "none.ckpt: no such model file" in err and "Traceback" not in err
     if backend_unavailable_reason(BackendName.tensorrt) is not None:
-        assert _emlive(monkeypatch, "export", str(small.ckpt), "-o", str(tmp_path / "t.onnx"), "--tensorrt") == 2
+        assert run_emlive("export", str(small.ckpt), "-o", str(tmp_path / "t.onnx"), "--tensorrt") == 2
         err = capsys.readouterr().err
         assert "TensorRT cannot run here" in err and "pip install emlive[gpu]" in err and "Traceback" not in err
         assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
@@ -52,12 +43,12 @@ def test_export_errors_are_one_line(
 
 
 def test_bench_command_default_models_side_by_side(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Default: the shipped teacher and CPU-live student in one run, each with its multiply-adds and speed-up."""
     report = tmp_path / "bench.json"
     args = ["bench", "--sizes", "48", "--repeats", "1", "--backends", "onnx_cpu", "--json", str(report)]
-    assert _emlive(monkeypatch, *args) == 0
+    assert run_emlive(*args) == 0
     out = capsys.readouterr().out
     assert "model teacher: " in out and "model student: " in out and "vs teacher" in out and "vs eager" in out
     data = json.loads(report.read_text())
@@ -77,26 +68,26 @@ def test_bench_command_default_models_side_by_side(
 
 
 def test_bench_command_random_width64_against_a_labelled_model(
-    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "bench.json"
     args = ["bench", "-m", "w64=random", "-m", str(small.ckpt), "--sizes", "48", "--repeats", "1"]
-    assert _emlive(monkeypatch, *args, "--backends", "onnx_cpu", "--json", str(report)) == 0
+    assert run_emlive(*args, "--backends", "onnx_cpu", "--json", str(report)) == 0
     data = json.loads(report.read_text())
     assert [m["label"] for m in data["models"]] == ["w64", "small"]
     assert data["macs_per_pixel"] == pytest.approx(517936)  # the default width-64 network (method.md)
     assert "random-weight default model" in capsys.readouterr().out
-    assert _emlive(monkeypatch, "bench", "-m", "=x.pt") == 2
+    assert run_emlive("bench", "-m", "=x.pt") == 2
     assert "-m '=x.pt': the label before '=' is empty" in capsys.readouterr().err
 
 
 def test_bench_command_on_an_onnx_model_and_bad_sizes(
-    small, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _emlive(monkeypatch, "bench", "--model", str(small.onnx), "--sizes", "48", "--repeats", "1") == 0
+    assert run_emlive("bench", "--model", str(small.onnx), "--sizes", "48", "--repeats", "1") == 0
     out = capsys.readouterr().out
     assert "onnx_cpu" in out and "n/a" in out
-    assert _emlive(monkeypatch, "bench", "--sizes", "5x5") == 2
+    assert run_emlive("bench", "--sizes", "5x5") == 2
     assert "--sizes entry '5x5'" in capsys.readouterr().err
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import tifffile
 import torch
 
-from emlive.cli import main
 from emlive.core.modelcard import load_checkpoint, save_model
 from emlive.core.posterior import Estimate
 from emlive.core.simulate import SyntheticMovie, make_config
@@ -19,16 +17,10 @@ from emlive.export.onnx_export import export_onnx
 from emlive.export.runtime import Denoiser
 from emlive.train.calibrate import middle_block
 
+from ..entry import run_emlive
+
 pytestmark = pytest.mark.timeout(120)
 
-
-def _emlive(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["emlive", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,6 @@ def test_calibrate_writes_the_table_that_every_runtime_applies(
     gaussian_checkpoint: Callable[..., Path],
     movie: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The random-weight head is far off the data's residuals: the table rescales it (scales far from 1); the
@@ -63,7 +54,7 @@ def test_calibrate_writes_the_table_that_every_runtime_applies(
         weights.copy_(30.0 * torch.randn(weights.shape, generator=torch.Generator().manual_seed(0)))
     source = save_model(tmp_path / "head.pt", net, card)
     out = tmp_path / "calibrated.pt"
-    assert _emlive(monkeypatch, "calibrate", str(source), str(movie), "-o", str(out)) == 0
+    assert run_emlive("calibrate", str(source), str(movie), "-o", str(out)) == 0
     assert f"calibrated on 9 frames (82944 px) of {movie}: 4 bins" in capsys.readouterr().out
     assert (tmp_path / "calibrated.calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _, card = load_checkpoint(out)
@@ -92,18 +83,18 @@ def test_calibrate_writes_the_table_that_every_runtime_applies(
 
 
 def test_calibrate_refuses_a_model_without_a_variance_head_by_name(
-    movie: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    movie: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from emlive.core.modelcard import ModelCard, save_model
     from emlive.core.network import BlindSpotNet, NetworkConfig
 
     cfg = NetworkConfig(width=8, scales=2, blocks=1)
     plain = save_model(tmp_path / "plain.pt", BlindSpotNet(cfg).eval(), ModelCard(name="plain", network=cfg))
-    assert _emlive(monkeypatch, "calibrate", str(plain), str(movie), "-o", str(tmp_path / "x.pt")) == 2
+    assert run_emlive("calibrate", str(plain), str(movie), "-o", str(tmp_path / "x.pt")) == 2
     err = capsys.readouterr().err
     assert f"{plain}: model 'plain' has no variance head (network.head=gaussian) to calibrate" in err
     assert not (tmp_path / "x.pt").exists()
     onnx_model = tmp_path / "model.onnx"
     onnx_model.write_bytes(b"")
-    assert _emlive(monkeypatch, "calibrate", str(onnx_model), str(movie)) == 2
+    assert run_emlive("calibrate", str(onnx_model), str(movie)) == 2
     assert "calibrate a PyTorch model (.pt or .ckpt" in capsys.readouterr().err
