@@ -575,9 +575,16 @@ class _TiffPageReader:
     def _page_layout(self, page: Any, index: int) -> tuple[tuple[int, int], np.dtype[Any]]:
         shape = tuple(int(s) for s in page.shape)
         if len(shape) != 2:
+            short = len(shape) == 3 and (shape[0] in (3, 4) or shape[-1] in (3, 4))
+            hint = (
+                " (a stack of 3 or 4 frames saved by tifffile.imwrite becomes one colour page: save it with "
+                "tifffile.imwrite(path, movie, photometric='minisblack'))"
+                if short
+                else ""
+            )
             raise InputFileError(
                 f"{self.path}: page {index} has shape {shape}; emlive reads single-channel (grey) frames only: "
-                "save the movie as one grey page per frame"
+                f"save the movie as one grey page per frame{hint}"
             )
         if page.dtype is None:
             raise InputFileError(f"{self.path}: page {index} has a pixel format numpy cannot hold")

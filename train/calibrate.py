@@ -88,14 +88,20 @@ def _noise(card: ModelCard, source: str) -> PixelNoise:
     return PixelNoise.from_card(card.noise)
 
 
-def calibrate_model(path: Path, movie: Any, source: str, output: Path | None = None) -> VarianceCalibration:
+def calibrate_model(
+    path: Path, movie: Any, source: str, output: Path | None = None
+) -> tuple[VarianceCalibration, Path]:
     """Measure the calibration of the model file ``path`` (.pt/.ckpt) on ``movie`` (its middle frames) and write
-    the model with it in its card to ``output`` (default: ``path`` itself, a .pt)."""
+    the model with it in its card to ``output`` (default: the .pt of ``path``'s name: itself for a .pt); returns the
+    table and the file written."""
     if path.suffix not in (".pt", ".ckpt"):
         raise ConfigError(
             f"{path}: calibrate a PyTorch model (.pt or .ckpt, what `emlive train` writes), then export it; the "
             "export carries the calibration in its card"
         )
+    target = output if output is not None else path.with_suffix(".pt")
+    if target.suffix != ".pt":  # refused before any work
+        raise ConfigError(f"{target}: write the calibrated model as a .pt file (-o MODEL.pt); export it after")
     net, card = load_checkpoint(path)
     _noise(card, str(path))  # a model it cannot calibrate is refused before the movie is read
     shape = tuple(int(n) for n in movie.shape)
@@ -103,12 +109,9 @@ def calibrate_model(path: Path, movie: Any, source: str, output: Path | None = N
         raise InputDataError(f"{source}: shape {list(shape)}; calibration needs a (T, H, W) movie")
     start, stop = middle_block(*shape)
     table = measure(net, card, [FrameBlock(movie, start, stop)], source)
-    target = output if output is not None else path
-    if target.suffix != ".pt":
-        raise ConfigError(f"{target}: write the calibrated model as a .pt file (-o MODEL.pt); export it after")
     save_model(target, net, card.model_copy(update={"prior_calibration": table}))
     plot_prior_calibration(table, calibration_png(target))
-    return table
+    return table, target
 
 
 def calibration_png(model: Path) -> Path:

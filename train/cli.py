@@ -124,9 +124,8 @@ def calibrate_command(
     from emlive.core.readers import open_movie
     from emlive.train.calibrate import calibrate_model, calibration_png
 
-    target = output if output is not None else model.with_suffix(".pt")
     with open_movie(movie) as frames:
-        table = calibrate_model(model, frames, str(movie), target)
+        table, target = calibrate_model(model, frames, str(movie), output)
     typer.echo(f"calibrated on {table.frames} frames ({table.pixels} px) of {movie}: {len(table.log_scale)} bins")
     typer.echo(f"model: {target}")
     typer.echo(f"reliability diagram: {calibration_png(target)}")

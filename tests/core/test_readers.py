@@ -316,6 +316,18 @@ def test_colour_tiff_is_refused(tmp_path: Path) -> None:
         open_movie(path)
 
 
+@pytest.mark.parametrize("frames", [3, 4])
+def test_a_short_stack_saved_as_one_colour_page_says_how_to_save_it(tmp_path: Path, frames: int) -> None:
+    """tifffile.imwrite of a 3- or 4-frame stack writes one RGB(A) page: the error says how to save it grey."""
+    movie = np.arange(frames * H * W, dtype=np.uint16).reshape(frames, H, W)
+    tifffile.imwrite(tmp_path / "short.tif", movie)
+    with pytest.raises(InputFileError, match=r"grey.*photometric='minisblack'"):
+        open_movie(tmp_path / "short.tif")
+    tifffile.imwrite(tmp_path / "grey.tif", movie, photometric="minisblack")
+    with open_movie(tmp_path / "grey.tif") as grey:
+        assert grey.shape == (frames, H, W) and np.array_equal(grey.frame(frames - 1), movie[-1])
+
+
 def test_contiguous_tiff_cut_short_reads_complete_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """tifffile writes a stack as one data block and the later IFDs at the end: a crash leaves one IFD."""
     data = _stack()
