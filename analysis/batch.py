@@ -31,8 +31,10 @@ file system (as on any cluster).
 A probabilistic (``network.head=gaussian``) model gives each movie the estimate single-process ``emlive denoise``
 gives it: the noise check (:func:`emlive.analysis.uncertainty.movie_estimate`, on the movie's whole frame range) is
 run by the worker that denoises the movie's first shard it gets, cached per (model, gain, movie, range) in that
-process, and decides posterior or blind (``--estimate`` forces one: the check then only warns). It is
-deterministic (same frames, same engine), so every shard, worker, array task and re-run decides the same; each
+process, and decides posterior or blind (``--estimate`` forces one: the check then only warns); the variance
+head's calibration measured on the movie (after a passed check) is cached with the decision and used by each of
+its shards. Both are deterministic (same frames, same engine), so every shard, worker, array task and re-run
+decides and calibrates the same; each
 shard's estimate is recorded in the manifest and a movie whose shards disagree is refused before it is assembled.
 
 ``--uncertainty PATH`` (such a model only: a model without a variance head is refused before any work, with the
@@ -84,7 +86,7 @@ from emlive.analysis.denoise import (
 )
 from emlive.analysis.uncertainty import movie_estimate, uncertainty_paths
 from emlive.core.errors import ConfigError, InputFileError
-from emlive.core.posterior import Estimate
+from emlive.core.posterior import Estimate, PriorCalibration
 from emlive.core.readers import Movie, load_gain, open_movie
 from emlive.core.writers import open_writer
 from emlive.export.estimates import needs_variance_head
@@ -275,7 +277,8 @@ _DENOISERS: dict[ModelRef, Denoiser] = {}
 _CACHE_LOCK = threading.Lock()
 _ENGINE_LOCKS: dict[ModelRef, threading.Lock] = {}  # a Denoiser is not thread-safe: one task at a time uses it
 _GAINS: dict[str, np.ndarray] = {}
-_ESTIMATES: dict[tuple[Any, ...], Estimate | None] = {}  # (model, movie, range, gain, --estimate) -> decision
+_ESTIMATES: dict[tuple[Any, ...], tuple[Estimate | None, PriorCalibration | None]] = {}
+"""(model, movie, range, gain, --estimate) -> the movie's decision and the variance head's calibration it uses"""
 LOADS: dict[ModelRef, int] = {}  # how many times this process loaded each model (tests, logs)
 
 
@@ -575,8 +578,9 @@ def movie_decision(
         found = movie_estimate(
             movie, denoiser, shard.first, shard.last, chosen, forced=requested is not None, uncertainty=None
         )
-        _ESTIMATES[key] = None if found is None else found.estimate
-    return _ESTIMATES[key]
+        _ESTIMATES[key] = (None if found is None else found.estimate, denoiser.calibration)
+    decided, denoiser.calibration = _ESTIMATES[key]  # the movie's own calibration (measured on its whole range)
+    return decided
 
 
 def assemble_movie(target: MovieTarget, fmt: str) -> str:

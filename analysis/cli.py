@@ -241,11 +241,14 @@ frames/s and megapixels/s.
 A probabilistic model (trained with network.head=gaussian) outputs the posterior mean by default: the network's
 blind estimate combined with the observed pixel under the noise model of its card (the re-opened blind spot).
 Before each movie the noise model is checked on its own frames; the predicted gain (dB) and the check are logged.
-A failed check warns and falls back to the blind output, unless --estimate posterior is given. --estimate blind
-always gives the blind output. --uncertainty PATH also writes, per frame, the std of the output (posterior std, or
-the prior std for blind) in the input's units, float32, beside the movie in its format (PATH: a file for one
-movie, else a folder that gets each movie's map under the movie's output name; TIFF and MRC outputs; batch jobs
-write the same maps, bit for bit).
+When it passes, the variance head is calibrated on the movie itself (its middle frames, at most 8 M pixels: the
+prior variance scaled per bin of the head's output so that it matches the blind-spot residuals, as `emlive
+calibrate` does for a card) and the posterior and the uncertainty map use that table (in the report's
+"calibration"). A failed check warns and falls back to the blind output, unless --estimate posterior is given.
+--estimate blind always gives the blind output. --uncertainty PATH also writes, per frame, the std of the output
+(posterior std, or the prior std for blind) in the input's units, float32, beside the movie in its format (PATH: a
+file for one movie, else a folder that gets each movie's map under the movie's output name; TIFF and MRC outputs;
+batch jobs write the same maps, bit for bit).
 
 Batch jobs (several INPUTs, --cluster or --shard; OUTPUT is then a folder): the movies are cut into shards of
 --shard-frames frames, run as tasks, and each movie is assembled from its parts into a file bit-identical to the

@@ -98,10 +98,12 @@ class MovieReport:
     pixel_size_nm: float | None
     seconds: float
     # a probabilistic (head=gaussian) model only (emlive.analysis.uncertainty): blind or posterior, the predicted
-    # gain of the posterior (dB, mean over the frames), the noise check, the uncertainty map written
+    # gain of the posterior (dB, mean over the frames), the noise check, the variance head's calibration measured
+    # on this movie (a card's VarianceCalibration; None: the card's own was used), the uncertainty map written
     estimate: str | None = None
     predicted_gain_db: float | None = None
     noise_check: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
     uncertainty: str | None = None
 
     @property

@@ -28,15 +28,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emlive.core.errors import ConfigError, InputFileError
+from emlive.core.modelcard import VarianceCalibration
 from emlive.core.posterior import CHECK_FRAMES, Estimate, NoiseCheck, decide_estimate, predicted_gain_db
 from emlive.core.readers import MRC_SUFFIXES, ZARR_SUFFIXES, Movie
 from emlive.core.writers import WRITER_SUFFIXES, MovieWriter, open_writer
+from emlive.export.calibration import measure_calibration, movie_block
+from emlive.export.estimates import card_calibration
 
 if TYPE_CHECKING:
     from emlive.export.estimates import Denoised
     from emlive.export.runtime import Denoiser
 
 logger = logging.getLogger(__name__)
+
 
 def _format_name(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -95,6 +99,7 @@ class MovieEstimate:
     check: NoiseCheck | None = None
     uncertainty: Path | None = None
     gains_db: list[float] = field(default_factory=list)
+    calibration: VarianceCalibration | None = None  # measured on this movie (None: the card's)
 
     @property
     def predicted_gain_db(self) -> float | None:
@@ -106,6 +111,7 @@ class MovieEstimate:
             "estimate": self.estimate.value,
             "predicted_gain_db": self.predicted_gain_db,
             "noise_check": None if self.check is None else self.check.to_dict(),
+            "calibration": None if self.calibration is None else self.calibration.model_dump(mode="json"),
             "uncertainty": None if self.uncertainty is None else str(self.uncertainty),
         }
 
@@ -134,7 +140,7 @@ class MovieEstimate:
 
 
 def movie_estimate(
-    movie: Movie,
+    movie: Movie | np.ndarray,
     denoiser: Denoiser,
     start: int,
     stop: int,
@@ -142,19 +148,29 @@ def movie_estimate(
     *,
     forced: bool,
     uncertainty: Path | None,
+    calibrate: bool = True,
 ) -> MovieEstimate | None:
     """The estimate of one movie for a probabilistic model (None for a plain model: nothing changes), starting from
-    ``estimate`` (checked by the denoiser). With a noise model the check runs first on up to CHECK_FRAMES frames;
-    a failure warns and turns the posterior into the blind output unless the estimate was given (``forced``)."""
+    ``estimate`` (checked by the denoiser). With a noise model the check runs first on up to CHECK_FRAMES frames,
+    with the card's calibration of the variance head; a failure warns and turns the posterior into the blind output
+    unless the estimate was given (``forced``). Then (``calibrate``, a passed check, the posterior) the variance
+    head is calibrated on this movie (:func:`emlive.export.calibration.measure_calibration` on the middle frames of
+    ``start..stop-1``) and ``denoiser`` holds that calibration until the next movie's estimate; otherwise it holds
+    its card's. The check comes first so that a wrong noise model is caught rather than absorbed into the scales."""
     if denoiser.channels < 2:
         return None
+    denoiser.calibration = card_calibration(denoiser.card)  # each movie starts from the card's
     chosen = MovieEstimate(estimate, uncertainty=uncertainty)
     if denoiser.noise is None:
         return chosen
     chosen.check = check = noise_check(movie, denoiser, start, stop)
-    where = movie.path.name or str(movie.path)
+    where = (movie.path.name or str(movie.path)) if isinstance(movie, Movie) else "the movie"
     if check.ok:
         logger.info("%s: %s", where, check.message)
+        if calibrate and estimate is Estimate.posterior:
+            table, frames = measure_calibration(denoiser, [movie_block(movie, start, stop)], where)
+            denoiser.calibration = table
+            chosen.calibration = table.to_card(frames, where)
         return chosen
     logger.warning("%s: NOISE MODEL CHECK FAILED: %s", where, check.message)
     chosen.estimate = decide_estimate(estimate, check, forced=forced)
@@ -179,14 +195,18 @@ def noise_check(movie: Movie | np.ndarray, denoiser: Denoiser, start: int, stop:
 
 
 def log_movie(where: str, found: MovieEstimate) -> None:
-    """One line per movie: the estimate, the predicted gain, the noise check's ratio."""
-    gain = found.predicted_gain_db
-    check = found.check
+    """One line per movie: the estimate, the predicted gain, the noise check's ratio, the calibration."""
+    gain, check, table = found.predicted_gain_db, found.check, found.calibration
+    scales = None if table is None else np.exp(table.log_scale)
     logger.info(
-        "%s: %s estimate; predicted gain of the posterior over the blind output %s; noise check ratio %s%s",
+        "%s: %s estimate; predicted gain of the posterior over the blind output %s; noise check ratio %s; %s%s",
         where,
         found.estimate.value,
         "n/a (no noise model)" if gain is None else f"{gain:+.2f} dB",
         "n/a" if check is None else f"{check.ratio:.3f} +- {check.se:.3f}",
+        "the card's variance-head calibration"
+        if scales is None or table is None
+        else f"variance head calibrated on {table.frames} frames of this movie "
+        f"(x {scales.min():.2f} .. {scales.max():.2f})",
         "" if found.uncertainty is None else f"; uncertainty map {found.uncertainty}",
     )

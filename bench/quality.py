@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from emlive.analysis.baselines import best_gaussian, temporal_average
+from emlive.analysis.uncertainty import MovieEstimate, movie_estimate
 from emlive.bench.model_specs import ModelSpec, model_labels, parse_model_specs
 from emlive.core.ensemble import Ensemble, ensemble_average, ensemble_for
 from emlive.core.errors import ConfigError, EmliveError
@@ -49,6 +50,7 @@ from emlive.core.modelcard import ModelCard
 from emlive.core.posterior import Estimate, NoiseCheck, predicted_gain_db
 from emlive.core.simulate import CorrelatedNoise, SimulationConfig, detector_truth, simulate_movie
 from emlive.core.windows import stack_window, window_indices
+from emlive.export.estimates import card_calibration
 from emlive.export.runtime import Denoiser
 
 log = logging.getLogger(__name__)
@@ -446,11 +448,12 @@ def _model_rows(
     if m.reopened is None:
         found = [(m.label, m.key, denoise_frames(noisy, todo, m.denoiser, m.spec.ensemble))]
     else:
-        post = posterior_frames(noisy, todo, m.denoiser)
-        found = [(m.label, m.key, post.blind), (m.reopened, m.reopened, post.mean)]
-        default = f"{m.reopened}{DEFAULT_SUFFIX}"  # what `emlive denoise` gives by default: the noise check decides
-        found.append((default, default, post.mean if default_estimate(noisy, m.denoiser) is Estimate.posterior
-                      else post.blind))  # fmt: skip
+        post = posterior_frames(noisy, todo, m.denoiser)  # the card's calibration of the variance head
+        default = f"{m.reopened}{DEFAULT_SUFFIX}"  # what `emlive denoise` gives by default
+        decided, own = default_output(noisy, todo, m.denoiser)
+        reopens = decided.estimate is Estimate.posterior
+        found = [(m.label, m.key, post.blind), (m.reopened, m.reopened, post.mean),
+                 (default, default, own.mean if reopens else post.blind)]  # fmt: skip
     seconds = (time.perf_counter() - t0) / len(todo)
     out = []
     for label, key, movie in found:
@@ -459,25 +462,33 @@ def _model_rows(
         row.key = key or label
         out.append((row, movie))
     if m.reopened is not None:
-        stats = reopen_stats(clean, post, frames)
-        stats.noise_check = _noise_check(noisy, post, frames.idx, m.denoiser).to_dict()
-        out[1][0].reopen = stats
+        out[1][0].reopen = reopen_stats(clean, post, frames)
+        out[1][0].reopen.noise_check = _noise_check(noisy, post, frames.idx, m.denoiser).to_dict()
+        if reopens:  # the default's gains and calibration; its check is the one that decided
+            out[2][0].reopen = reopen_stats(clean, own, frames)
+            out[2][0].reopen.noise_check = {} if decided.check is None else decided.check.to_dict()
     return out
 
 
-DEFAULT_SUFFIX = " (default, with fallback)"
+DEFAULT_SUFFIX = " (default: calibrated on the movie, with fallback)"
 
 
-def default_estimate(noisy: np.ndarray, denoiser: Denoiser) -> Estimate:
-    """The estimate a user gets by default from ``emlive denoise`` on this movie: the posterior when the movie's
-    noise check (:func:`emlive.analysis.uncertainty.noise_check`, the same frames) passes, else the blind output."""
-    from emlive.analysis.uncertainty import noise_check
-    from emlive.core.posterior import decide_estimate
-
-    check = noise_check(noisy, denoiser, 0, len(noisy))
-    chosen = decide_estimate(Estimate.posterior, check, forced=False)
-    log.info("%s: the default output is the %s estimate (%s)", denoiser.source, chosen.value, check.message)
-    return chosen
+def default_output(
+    noisy: np.ndarray, frames: list[int], denoiser: Denoiser
+) -> tuple[MovieEstimate, _PosteriorMovie]:
+    """What a user gets by default from ``emlive denoise`` on this movie
+    (:func:`emlive.analysis.uncertainty.movie_estimate`: the posterior when the movie's noise check passes, else
+    the blind output), and the posterior of ``frames`` with the variance head calibrated on this movie (the card's
+    calibration when the check failed). The denoiser holds its card's calibration again after."""
+    found = movie_estimate(noisy, denoiser, 0, len(noisy), Estimate.posterior, forced=False, uncertainty=None)
+    assert found is not None  # a probabilistic model
+    try:
+        own = posterior_frames(noisy, frames, denoiser)
+    finally:
+        denoiser.calibration = card_calibration(denoiser.card)
+    check = "no noise check" if found.check is None else found.check.message
+    log.info("%s: the default output is the %s estimate (%s)", denoiser.source, found.estimate.value, check)
+    return found, own
 
 
 def _noise_check(noisy: np.ndarray, post: _PosteriorMovie, idx: list[int], denoiser: Denoiser) -> NoiseCheck:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from emlive.core.errors import ModelFileError
-from emlive.core.modelcard import CARD_KEY, STATE_PREFIX, ModelCard
+from emlive.core.modelcard import CARD_KEY, EMA_PREFIX, STATE_PREFIX, ModelCard
 from emlive.core.networks import AnyNetwork, create_network
 
 
@@ -33,7 +33,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     card_data = ckpt[CARD_KEY]
     card = ModelCard.from_json(card_data if isinstance(card_data, str) else json.dumps(card_data), str(p))
-    state = {k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    weights = ckpt["state_dict"]
+    prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in weights) else STATE_PREFIX  # averaged: the model
+    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     net = create_network(card.network)
     try:
         net.load_state_dict(state)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CARD_KEY = "emlive_card"
 STATE_PREFIX = "net."
+EMA_PREFIX = "ema."  # a training checkpoint's averaged weights (optim.ema): the model when present
 CARD_SCHEMA_VERSION = 1
 MAX_CALIBRATION_BINS = 64  # bins a card's prior_calibration may hold
 

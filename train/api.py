@@ -340,6 +340,18 @@ class _TrainingClock(Callback):
         self.before = float(state_dict.get("seconds", 0.0))
 
 
+class _ValidateFinalStep(Callback):
+    """Validates a run that optim.max_steps stops in the middle of an epoch at its last step: Lightning validates at
+    the end of an epoch or when asked to stop, so the final (lowest learning rate) steps were never scored and their
+    checkpoint was saved under the previous epoch's stale loss, which a tie then ranked below that epoch's weights."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def fit(
     cfg: TrainConfig | DistillConfig,
     module: DenoiserModule,
@@ -382,6 +394,7 @@ def fit(
         callbacks=[
             ckpt_cb,
             clock,
+            _ValidateFinalStep(),
             _EpochSetter(train_set, run_dir / "crops" if cfg.output.log_crops else None),
             TQDMProgressBar(refresh_rate=max(1, min(20, len(train_loader) // 5))),
             LearningRateMonitor(logging_interval="step"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,57 +20,21 @@ from emlive.analysis.plots import plot_prior_calibration
 from emlive.core.errors import ConfigError, InputDataError
 from emlive.core.modelcard import ModelCard, VarianceCalibration, load_checkpoint, save_model
 from emlive.core.networks import AnyNetwork
-from emlive.core.normalize import frame_stats
-from emlive.core.posterior import Estimate, PixelNoise, PriorCalibration
+from emlive.core.posterior import Estimate, PixelNoise
+from emlive.export.calibration import CALIBRATION_PIXELS, FrameBlock, measure_calibration, middle_block
 from emlive.train.data import MovieSource
 
 log = logging.getLogger(__name__)
-
-CALIBRATION_PIXELS = 8_000_000  # pixels measured at most (30 frames of 512 x 512): 400 000 per bin
-
-
-@dataclass(frozen=True)
-class FrameBlock:
-    """Frames ``start``..``stop - 1`` of a movie (anything the runtime's ``denoise_movie`` reads)."""
-
-    movie: Any
-    start: int
-    stop: int
-
-
-def middle_block(length: int, height: int, width: int, budget: int = CALIBRATION_PIXELS) -> tuple[int, int]:
-    """The consecutive frames (start, stop) in the middle of a movie of ``length`` frames that hold at most
-    ``budget`` pixels (at least one frame)."""
-    count = int(np.clip(budget // max(1, height * width), 1, length))
-    start = (length - count) // 2
-    return start, start + count
 
 
 def measure(net: AnyNetwork, card: ModelCard, blocks: Sequence[FrameBlock], source: str) -> VarianceCalibration:
     """The card's ``prior_calibration`` of a ``head=gaussian`` network, measured on ``blocks`` of frames."""
     from emlive.export.runtime import Denoiser
 
-    noise = _noise(card, source)
-    raw_head = card.model_copy(update={"prior_calibration": None})  # measure the head as trained
-    denoiser = Denoiser.from_network(net, raw_head, backend="auto", estimate=Estimate.blind)
-    mu, log_var, observed = [], [], []
-    for block in blocks:
-        read = block.movie.frame if callable(getattr(block.movie, "frame", None)) else block.movie.__getitem__
-        for t, found in denoiser.denoise_movie(block.movie, block.start, block.stop, uncertainty=True):
-            mu.append(found.prior_mean)
-            log_var.append(2.0 * np.log(np.maximum(found.prior_std.astype(np.float64), 1e-30)))
-            observed.append(np.asarray(read(t), dtype=np.float32))
-    if not mu:
-        raise InputDataError(f"{source}: no frames to calibrate the variance head on")
-    frames = np.stack(observed)
-    _, frame_std = frame_stats(frames)  # the runtime's normalisation of each center frame: the head's z-units
-    table = PriorCalibration.fit(np.stack(mu), np.stack(log_var), frames, noise, frame_std)
-    scales = np.exp(table.log_scale)
-    log.info(
-        "variance head calibrated on %d frames (%d px) of %s: %d bins, the head's prior variance x %.2f .. %.2f",
-        len(mu), table.pixels, source, len(scales), float(scales.min()), float(scales.max()),
-    )  # fmt: skip
-    return table.to_card(len(mu), source)
+    _noise(card, source)
+    denoiser = Denoiser.from_network(net, card, backend="auto", estimate=Estimate.blind)
+    table, frames = measure_calibration(denoiser, blocks, source)
+    return table.to_card(frames, source)
 
 
 def _noise(card: ModelCard, source: str) -> PixelNoise:

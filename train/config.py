@@ -207,6 +207,16 @@ class OptimConfig(_Strict):
     num_workers: Annotated[int, Field(ge=0, le=64)] = 0
     seed: int = 0
     gradient_clip: Annotated[float | None, Field(gt=0)] = 1.0
+    ema: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            lt=1,
+            description="Keep an exponential moving average of the weights with this decay per step (0.99-0.999; "
+            "warmed up as min(ema, (1 + step) / (10 + step))): validation, the best checkpoint and model.pt use the "
+            "averaged weights, which smooth the step-to-step noise a noisy target gives the gradient. None: off.",
+        ),
+    ] = None
 
 
 class OutputConfig(_Strict):

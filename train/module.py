@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -80,6 +81,10 @@ class DenoiserModule(L.LightningModule):
         if config.optim.loss is Loss.gaussian_nll and noise is None:
             raise ConfigError("optim.loss=gaussian_nll: the module needs the pixel noise model (train() passes it)")
         self.net: AnyNetwork = create_network(config.network)  # type: ignore[assignment]
+        self.ema: AnyNetwork | None = None  # the averaged weights (optim.ema), the model when present
+        if config.optim.ema is not None:
+            self.ema = copy.deepcopy(self.net).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self._t0 = 0.0
         self._samples = 0
@@ -88,6 +93,27 @@ class DenoiserModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def eval_net(self) -> AnyNetwork:
+        """What validation scores and model.pt keeps: the averaged weights with optim.ema, else the trained ones."""
+        return self.net if self.ema is None else self.ema
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Move the averaged weights towards the trained ones: decay min(optim.ema, (1 + n) / (10 + n)) after n
+        updates, so the first steps' untrained weights fade out quickly (as timm's ModelEmaV2 warm-up)."""
+        if self.ema is None or self.config.optim.ema is None:
+            return
+        updates = self.get_buffer("ema_updates")
+        n = int(updates)
+        keep = min(self.config.optim.ema, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            for averaged, current in zip(self.ema.state_dict().values(), self.net.state_dict().values(), strict=True):
+                if averaged.is_floating_point():
+                    averaged.lerp_(current, 1.0 - keep)
+                else:
+                    averaged.copy_(current)
+        updates += 1
 
     def on_train_start(self) -> None:
         self._t0 = time.perf_counter()
@@ -114,7 +140,7 @@ class DenoiserModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 0:
             window = batch[0]
-            output = self.net(window)
+            output = self.eval_net(window)
             loss = self.loss(batch, output)
             self.log(
                 "val/loss", loss, prog_bar=True, add_dataloader_idx=False, batch_size=window.shape[0], sync_dist=True
@@ -123,7 +149,7 @@ class DenoiserModule(L.LightningModule):
                 self._log_images(window, output)
             return
         window, clean, stats = batch
-        output = self.net(window).float()
+        output = self.eval_net(window).float()
         denoised = output[:, 0] * stats[:, 1, None, None] + stats[:, 0, None, None]
         psnrs = [psnr_paper(c.cpu().numpy(), d.cpu().numpy()) for c, d in zip(clean[:, 0], denoised, strict=True)]
         psnr = float(np.mean(psnrs))

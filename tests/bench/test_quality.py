@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from emlive.analysis.uncertainty import noise_check
+from emlive.analysis.uncertainty import movie_estimate
 from emlive.bench.dose_sweep import DetectorMode, Setting, SweepConfig, run_sweep, split_setting_specs
 from emlive.bench.model_specs import ModelSpec, parse_model_specs
 from emlive.bench.quality import (
@@ -29,7 +29,7 @@ from emlive.core.errors import ConfigError
 from emlive.core.metrics import psnr_paper
 from emlive.core.modelcard import ModelCard, NoiseModel, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
-from emlive.core.posterior import predicted_gain_db
+from emlive.core.posterior import Estimate, predicted_gain_db
 from emlive.core.simulate import SimulationConfig, detector_truth, simulate_movie
 from emlive.core.student import StudentConfig, StudentNet
 from emlive.core.windows import stack_window, window_indices
@@ -129,11 +129,17 @@ def test_a_gaussian_head_model_gives_its_blind_and_reopened_rows_with_gains_and_
     assert stats.predicted_gain_db == pytest.approx(predicted_gain_db(prior_var, noise_var), rel=1e-4)
     assert stats.ratio == pytest.approx(stats.measured_gain_db / stats.predicted_gain_db)
     assert len(stats.measured_gain_frames) == 3 and set(stats.regions) == {"edge frames", "changing pixels"}
-    # the row a user gets by default: the movie's noise check (emlive denoise's frames) picks posterior or blind
+    # the row a user gets by default (emlive denoise): the movie's noise check picks posterior or blind, and the
+    # posterior uses the variance head calibrated on the movie
     with Denoiser.load(models["gauss"], threads=1) as den:
-        check = noise_check(noisy.astype(np.float32), den, 0, len(noisy))
+        found = movie_estimate(noisy.astype(np.float32), den, 0, len(noisy), Estimate.posterior, forced=False,
+                               uncertainty=None)  # fmt: skip
+        own = [den.denoise_window(stack_window(noisy.astype(np.float32), window_indices(t, 5, 10))) for t in frames]
     default = rows[f"g re-opened{DEFAULT_SUFFIX}"]
-    assert default.psnr_frames == (reopened if check.ok else blind).psnr_frames and default.reopen is None
+    assert found is not None and found.estimate is Estimate.posterior and found.calibration is not None
+    assert default.psnr_frames == pytest.approx([psnr_paper(c, o) for o, c in zip(own, truth, strict=True)], abs=1e-4)
+    assert default.psnr_frames != reopened.psnr_frames  # the movie's calibration is not the card's
+    assert default.reopen is not None and default.reopen.noise_check["ok"]
 
 
 def test_dihedral_is_refused_for_a_model_whose_blind_spot_is_not_square(tmp_path: Path) -> None:
@@ -298,8 +304,12 @@ def test_a_tiny_sweep_trains_scores_every_setting_and_writes_the_dose_curve(
         assert set(reopen["regions"]) == {"edge frames", "changing pixels"}
         assert reopen["noise_check"]["pixels"] > 0 and "noise check" in reopen["noise_check"]["message"]
         assert rows["blind"]["model"] == rows["re-opened"]["model"] != rows["oracle"]["model"]
-        default = rows[f"re-opened{DEFAULT_SUFFIX}"]["psnr_frames"]
-        assert default in (rows["blind"]["psnr_frames"], rows["re-opened"]["psnr_frames"])
+        default = rows[f"re-opened{DEFAULT_SUFFIX}"]
+        if default["reopen"] is not None:  # the posterior, the head calibrated on the movie itself
+            assert default["reopen"]["noise_check"]["ok"]
+            assert default["reopen"]["predicted_gain_db"] != reopen["predicted_gain_db"]
+        else:  # the check failed: the blind output
+            assert default["psnr_frames"] == rows["blind"]["psnr_frames"]
     # the blind row is the Gaussian-head model's mean channel, through the runtime, on the held-out movie
     first = saved["settings"][0]
     blind = next(r for r in first["rows"] if r["key"] == "blind")

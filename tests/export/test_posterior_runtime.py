@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from emlive.cli import app
 from emlive.core.errors import ConfigError
-from emlive.core.modelcard import ModelCard, NoiseModel, load_checkpoint, save_model
+from emlive.core.modelcard import ModelCard, NoiseModel, VarianceCalibration, load_checkpoint, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig, soft_clamp_log_var
 from emlive.core.normalize import frame_stats
-from emlive.core.posterior import Estimate
+from emlive.core.posterior import Estimate, PriorCalibration
 from emlive.core.readers import open_movie
 from emlive.core.writers import write_movie
 from emlive.export.onnx_export import LOG_VAR_BOUND_FP16, export_onnx, read_onnx_card
@@ -46,13 +46,24 @@ NOISE_VAR = GAIN**2 * ELECTRONS + READ**2  # counts^2 at the scene's mean level
 SPREAD = float(np.sqrt(np.exp(LOG_VAR_Z) / (1 - np.exp(LOG_VAR_Z)) * NOISE_VAR)) / GAIN  # electrons, ~36
 
 
-def counts_movie(frames: int = 7, shape: tuple[int, int] = (40, 52), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A static scene of ELECTRONS +- SPREAD electrons (a random +-1 pattern) on an integrating detector (Poisson x
+def counts_movie(
+    frames: int = 7, shape: tuple[int, int] = (40, 52), seed: int = 0, spread: float = SPREAD
+) -> tuple[np.ndarray, np.ndarray]:
+    """A static scene of ELECTRONS +- ``spread`` electrons (a random +-1 pattern) on an integrating detector (Poisson x
     GAIN + OFFSET + Gaussian read noise, uint16), and the scene in counts (the truth)."""
     rng = np.random.default_rng(seed)
-    scene = ELECTRONS + SPREAD * rng.choice([-1.0, 1.0], shape)
+    scene = ELECTRONS + spread * rng.choice([-1.0, 1.0], shape)
     movie = [OFFSET + GAIN * rng.poisson(scene) + rng.normal(0, READ, shape) for _ in range(frames)]
     return np.clip(np.rint(movie), 0, 65535).astype(np.uint16), OFFSET + GAIN * scene
+
+
+def movie_calibrated(model: Path, table: dict[str, object] | None, backend: str = "onnx_cpu") -> Denoiser:
+    """A denoiser of ``model`` holding the variance head's calibration that ``emlive denoise`` measured on a movie
+    (its report's ``calibration``; None: the card's)."""
+    den = Denoiser.load(model, backend, threads=1)
+    if table is not None:
+        den.calibration = PriorCalibration.from_card(VarianceCalibration.model_validate(table))
+    return den
 
 
 @dataclass
@@ -238,7 +249,9 @@ def test_denoise_cli_writes_the_uncertainty_beside_the_movie(
     assert report["noise_check"]["ok"] and report["noise_check"]["ratio"] == pytest.approx(1.0, abs=0.1)
     gain_db = 10 * np.log10(1 + np.exp(LOG_VAR_Z) / (1 - np.exp(LOG_VAR_Z)))  # 1 + S / V: the calibrated scene
     assert report["predicted_gain_db"] == pytest.approx(gain_db, abs=0.3)
-    ref = [d for _, d in Denoiser.load(constant_prior, "onnx_cpu", threads=1).denoise_movie(movie, uncertainty=True)]
+    assert report["calibration"]["log_scale"][0] == pytest.approx(0.0, abs=0.1)  # the calibrated scene: about 1
+    calibrated = movie_calibrated(constant_prior, report["calibration"])
+    ref = [d for _, d in calibrated.denoise_movie(movie, uncertainty=True)]
     with open_movie(tmp_path / "out.tif") as out, open_movie(tmp_path / "std.tif") as std:
         assert std.shape == out.shape == movie.shape and std.dtype == np.float32
         np.testing.assert_array_equal(np.asarray(out[:]), np.stack([r.mean for r in ref]))
@@ -246,6 +259,8 @@ def test_denoise_cli_writes_the_uncertainty_beside_the_movie(
     blind = runner.invoke(app, [*args, "-o", str(tmp_path / "b.tif"), "--estimate", "blind", "--uncertainty",
                                 str(tmp_path / "bstd.tif")])  # fmt: skip
     assert blind.exit_code == 0, blind.output
+    assert json.loads(blind.stdout)["movies"][0]["calibration"] is None  # the blind output: the card's head
+    ref = [d for _, d in Denoiser.load(constant_prior, "onnx_cpu", threads=1).denoise_movie(movie, uncertainty=True)]
     with open_movie(tmp_path / "b.tif") as out, open_movie(tmp_path / "bstd.tif") as std:
         np.testing.assert_array_equal(np.asarray(out[:]), np.stack([r.prior_mean for r in ref]))
         np.testing.assert_array_equal(np.asarray(std[:]), np.stack([r.prior_std for r in ref]))
@@ -263,9 +278,10 @@ def test_a_folder_of_movies_gets_a_folder_of_uncertainty_maps(constant_prior: Pa
     den = Denoiser.load(constant_prior, "onnx_cpu", threads=1)
     report = denoise_path(tmp_path / "in", tmp_path / "out", den, uncertainty=tmp_path / "std", progress=False)
     assert [m.uncertainty for m in report.movies] == [str(tmp_path / "std" / n) for n in ("a.mrc", "b.mrc")]
-    for name in ("a", "b"):
+    for name, found in zip(("a", "b"), report.movies, strict=True):
+        each = movie_calibrated(constant_prior, found.calibration)  # each movie's own calibration
         with open_movie(tmp_path / "std" / f"{name}.mrc") as std, open_movie(tmp_path / "in" / f"{name}.mrc") as m:
-            want = np.stack([d.std for _, d in den.denoise_movie(m, uncertainty=True)])
+            want = np.stack([d.std for _, d in each.denoise_movie(m, uncertainty=True)])
             np.testing.assert_array_equal(np.asarray(std[:]), want)
     with pytest.raises(ConfigError, match=r"2 movies are denoised, so the uncertainty maps need a folder"):
         denoise_path(tmp_path / "in", tmp_path / "out2", den, uncertainty=tmp_path / "one.mrc", progress=False)

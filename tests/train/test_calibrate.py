@@ -13,9 +13,9 @@ import torch
 from emlive.core.modelcard import load_checkpoint, save_model
 from emlive.core.posterior import Estimate
 from emlive.core.simulate import SyntheticMovie, make_config
+from emlive.export.calibration import middle_block
 from emlive.export.onnx_export import export_onnx
 from emlive.export.runtime import Denoiser
-from emlive.train.calibrate import middle_block
 
 from ..entry import run_emlive
 

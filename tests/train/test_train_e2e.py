@@ -98,3 +98,52 @@ def test_train_command_reports_bad_keys_without_traceback(tmp_path: Path) -> Non
     assert "optim.learnig_rate: unknown key" in proc.stderr and "Traceback" not in proc.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "emlive.train.config" in imported and not imported & {"torch", "lightning"}
+
+
+@pytest.mark.timeout(240)
+def test_averaged_weights_are_the_model_and_a_step_capped_run_is_scored_at_its_last_step(
+    movie: Path, tmp_path: Path
+) -> None:
+    """optim.ema: validation, the checkpoints' model and model.pt are the averaged weights (the trained ones stay
+    in the checkpoint for a resume). optim.max_steps stopping inside an epoch: the last step is validated, so the
+    final weights are scored (they were saved under the previous epoch's loss before)."""
+    cfg = load_config(
+        "synthetic-small",
+        [f"data.train={movie / 'noisy.tif'}", f"data.clean={movie / 'clean.tif'}", f"output.root={tmp_path}",
+         *TINY, "optim.recursive_factor=4", "optim.epochs=5", "optim.max_steps=13", "optim.ema=0.9"],
+    )  # fmt: skip
+    result = train(cfg)
+    epochs = json.loads((result.run_dir / "curves.json").read_text())["epochs"]
+    assert epochs[-1]["step"] == 13 and epochs[-2]["step"] < 13 and epochs[-1]["val_loss"] is not None
+    state = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    assert int(state["ema_updates"]) == 13
+    averaged = {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
+    trained = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    assert averaged.keys() == trained.keys() and any(not torch.equal(averaged[k], trained[k]) for k in trained)
+    net, _ = load_checkpoint(result.last_checkpoint)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, averaged[key]), key
+    best = torch.load(result.best_checkpoint, weights_only=True)["state_dict"]
+    for key, value in load_checkpoint(result.model)[0].state_dict().items():
+        assert torch.equal(value, best[f"ema.{key}"]), key
+
+
+@pytest.mark.timeout(60)
+def test_the_average_moves_towards_the_trained_weights_with_a_warm_up() -> None:
+    from emlive.core.modelcard import ModelCard
+    from emlive.train.module import DenoiserModule
+
+    cfg = load_config("synthetic-small", [*TINY, "optim.ema=0.5"])
+    module = DenoiserModule(cfg, ModelCard(name="ema", network=cfg.network))
+    assert module.ema is not None and module.eval_net is module.ema
+    with torch.no_grad():
+        for averaged, trained in zip(module.ema.parameters(), module.net.parameters(), strict=True):
+            averaged.zero_()
+            trained.fill_(1.0)
+    module.on_train_batch_end(None, None, 0)  # first update: keep min(0.5, 1/10) of the average
+    assert all(torch.allclose(p, torch.full_like(p, 0.9)) for p in module.ema.parameters())
+    for _ in range(30):
+        module.on_train_batch_end(None, None, 0)  # then at most 0.5: the average reaches the trained weights
+    assert all(torch.allclose(p, torch.ones_like(p), atol=1e-6) for p in module.ema.parameters())
+    plain = DenoiserModule(load_config("synthetic-small", TINY), ModelCard(name="plain", network=cfg.network))
+    assert plain.ema is None and plain.eval_net is plain.net
