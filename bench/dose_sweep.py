@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from emlive.bench.model_specs import ModelSpec
@@ -169,9 +170,10 @@ def split_setting_specs(specs: list[ModelSpec]) -> list[tuple[ModelSpec, Setting
 
 
 # --- models trained by the benchmark ------------------------------------------------------------------------------
-def _training_overrides(cfg: SweepConfig, kind: str, data: Path) -> list[str]:
+def _training_overrides(cfg: SweepConfig, kind: str, data: Path, blind_spot: tuple[int, int]) -> list[str]:
     crop = min(128, cfg.size - cfg.size % 16)
     over = [
+        f"network.blind_spot=[{blind_spot[0]},{blind_spot[1]}]",
         f"data.train={data / 'noisy.tif'}",
         f"data.clean={data / 'clean.tif'}",
         "data.val_fraction=0",
@@ -190,10 +192,12 @@ def _training_overrides(cfg: SweepConfig, kind: str, data: Path) -> list[str]:
     return over + list(cfg.train_overrides)
 
 
-def _cache_key(cfg: SweepConfig, setting: Setting, kind: str, train_sim: SimulationConfig) -> str:
+def _cache_key(
+    cfg: SweepConfig, setting: Setting, kind: str, train_sim: SimulationConfig, blind_spot: tuple[int, int]
+) -> str:
     """``<kind>-<setting>-<budget>-<hash>``: the hash covers the training config and overrides (the data folder
     left out, so the output folder may move) and the training movie's simulation."""
-    over = _training_overrides(cfg, kind, Path("DATA"))
+    over = _training_overrides(cfg, kind, Path("DATA"), blind_spot)
     text = json.dumps([cfg.train_config, over, train_sim.model_dump(mode="json")], sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     return f"{kind}-{setting.slug}-{cfg.budget_tag}-{digest}"
@@ -207,19 +211,35 @@ def trained_model(cfg: SweepConfig, setting: Setting, kind: str, cache: Path, tr
 
     train_sim = setting.simulation(cfg.size, cfg.frames, cfg.seed + 1)
     data = cache / "data" / f"{setting.slug}-{cfg.size}px-{cfg.frames}f-seed{train_sim.seed}"
-    over = _training_overrides(cfg, kind, data)
-    key = _cache_key(cfg, setting, kind, train_sim)
+    if not (data / "manifest.json").is_file():
+        write_simulation(train_sim, data)
+    spot = recommended_blind_spot(data / "noisy.tif")
+    over = _training_overrides(cfg, kind, data, spot)
+    key = _cache_key(cfg, setting, kind, train_sim, spot)
     model = cache / "runs" / key / "model.pt"
     if model.is_file():
         log.info("%s: reusing the %s model %s", setting.name, kind, model)
         return model
-    if not (data / "manifest.json").is_file():
-        write_simulation(train_sim, data)
     train_cfg = load_config(cfg.train_config, [*over, f"name={key}", f"output.root={cache}", "output.experiment=runs"])
     log.info("%s: training the %s model (%s) into %s", setting.name, kind, cfg.budget_tag, model.parent)
     result = train(train_cfg)
     trained.append(key)
     return result.model
+
+
+def recommended_blind_spot(movie_path: Path, frames: int = 9) -> tuple[int, int]:
+    """The blind spot the training movie's noise calls for (``emlive noise-stats``'s recommendation, measured on its
+    first ``frames`` frames), as a user who follows the trainer's advice sets ``network.blind_spot``: 1 x 1 for a
+    counting detector, 3 x 3 for the integrating one's charge sharing. (A ``--train-set network.blind_spot=...``
+    override comes after it and wins.)"""
+    from emlive.analysis.noise_stats import estimate_noise
+    from emlive.core.readers import open_movie
+
+    with open_movie(movie_path) as movie:
+        stack = np.stack([np.asarray(movie[t], dtype=np.float64) for t in range(min(frames, len(movie)))])
+    spot = estimate_noise(stack, max_side=256).blind_spot
+    log.info("%s: the noise calls for a %d x %d blind spot", movie_path, *spot)
+    return spot
 
 
 def _trained_rows(cfg: SweepConfig, setting: Setting, cache: Path, trained: list[str]) -> tuple[_Model, _Model]:
@@ -351,33 +371,28 @@ def sweep_markdown(result: SweepResult) -> list[str]:
     """The README tables: paper PSNR per setting and method; the re-opened row's gains and calibration."""
     lines = _metric_table(result, "PSNR (dB, paper definition) on held-out simulated movies", "psnr", "{:.2f}")
     lines += ["", *_metric_table(result, "Pearson r with the truth", "pearson", "{:.4f}")]
-    default = f"re-opened{DEFAULT_SUFFIX}"
-    reopened = [
-        (s, key, row.reopen)
-        for s, r in result.settings
-        for key in ("re-opened", default)
-        if (row := _row(r, key)) and row.reopen
-    ]
+    reopened = [(s, row.method, row.reopen) for s, r in result.settings for row in r.rows if row.reopen]
     if reopened:
         lines += [
             "",
             "Re-opened blind spot: gain over the blind output (dB), predicted by the model vs measured against the "
             "truth, calibration (fraction of pixels within +-1 posterior std; 68% nominal) and the self-supervised "
             "noise check (measured/predicted residual variance in the blind spot); the variance head calibrated as "
-            "its card says (`re-opened`: the training data's) and on the movie itself (`emlive denoise`'s default):",
+            f"its card says (`re-opened`: the training data's) and on the movie itself (`{DEFAULT_SUFFIX.strip()}`, "
+            "what `emlive denoise` gives):",
             "",
-            "| mode | dose | variance head | predicted | measured | measured/predicted | calibration | "
+            "| mode | dose | row | predicted | measured | measured/predicted | calibration | "
             f"{EDGE_FRAMES}: predicted / measured | {CHANGING_PIXELS}: predicted / measured | noise check |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for s, key, st in reopened:
+        for s, method, st in reopened:
             e, c = st.regions.get(EDGE_FRAMES, {}), st.regions.get(CHANGING_PIXELS, {})
             check = st.noise_check
             verdict = f"{check.get('ratio', math.nan):.3f} ({'ok' if check.get('ok') else 'FAILED'})"
-            head = "the card's" if key == "re-opened" else "the movie's"
             lines.append(
-                f"| {s.mode.value} | {s.dose:g} | {head} | {st.predicted_gain_db:+.2f} | {st.measured_gain_db:+.2f} | "
-                f"{st.ratio:.2f} | {st.calibration:.3f} | {_pair(e)} | {_pair(c)} | {verdict} |"
+                f"| {s.mode.value} | {s.dose:g} | {method} | {st.predicted_gain_db:+.2f} | "
+                f"{st.measured_gain_db:+.2f} | {st.ratio:.2f} | {st.calibration:.3f} | {_pair(e)} | {_pair(c)} | "
+                f"{verdict} |"
             )
     return lines
 
@@ -397,26 +412,29 @@ def _pair(numbers: dict[str, float]) -> str:
 
 
 def plot_dose_curve(result: SweepResult, path: Path) -> None:
-    """Paper PSNR against dose (log x), one line per method, one panel per detector mode."""
+    """PSNR against dose (log x), one line per method, one panel per detector mode: the paper's PSNR (each image
+    stretched to its own min..max) on top, the fixed-range PSNR (the clean movie's units) below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modes = list(dict.fromkeys(s.mode for s, _ in result.settings))
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-    for ax, mode in zip(axes[0], modes, strict=True):
+    metrics = (("psnr", "PSNR [dB] (paper definition)"), ("psnr_fixed", "PSNR [dB] (fixed range)"))
+    fig, axes = plt.subplots(len(metrics), len(modes), figsize=(7 * len(modes), 9), squeeze=False)
+    for col, mode in enumerate(modes):
         points = [(s.dose, r) for s, r in result.settings if s.mode is mode]
-        for key in _keys(result):
-            xy = [(d, row.psnr) for d, r in points if (row := _row(r, key))]
-            if xy:
-                ax.plot(*zip(*sorted(xy), strict=True), marker="o", label=key)
-        ax.set_xscale("log")
-        ax.set_xlabel("dose [e-/px/frame]")
-        ax.set_ylabel("PSNR [dB] (paper definition)")
-        ax.set_title(f"{mode.value} detector")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        for (metric, name), ax in zip(metrics, axes[:, col], strict=True):
+            for key in _keys(result):
+                xy = [(d, getattr(row, metric)) for d, r in points if (row := _row(r, key))]
+                if xy:
+                    ax.plot(*zip(*sorted(xy), strict=True), marker="o", label=key)
+            ax.set_xscale("log")
+            ax.set_xlabel("dose [e-/px/frame]")
+            ax.set_ylabel(name)
+            ax.set_title(f"{mode.value} detector")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from emlive.analysis.uncertainty import movie_estimate
-from emlive.bench.dose_sweep import DetectorMode, Setting, SweepConfig, run_sweep, split_setting_specs
+from emlive.bench.dose_sweep import (
+    DetectorMode,
+    Setting,
+    SweepConfig,
+    recommended_blind_spot,
+    run_sweep,
+    split_setting_specs,
+)
 from emlive.bench.model_specs import ModelSpec, parse_model_specs
 from emlive.bench.quality import (
     DEFAULT_SUFFIX,
@@ -30,7 +37,7 @@ from emlive.core.metrics import psnr_paper
 from emlive.core.modelcard import ModelCard, NoiseModel, save_model
 from emlive.core.network import BlindSpotNet, NetworkConfig
 from emlive.core.posterior import Estimate, predicted_gain_db
-from emlive.core.simulate import SimulationConfig, detector_truth, simulate_movie
+from emlive.core.simulate import SimulationConfig, detector_truth, simulate_movie, write_simulation
 from emlive.core.student import StudentConfig, StudentNet
 from emlive.core.windows import stack_window, window_indices
 from emlive.export.runtime import Denoiser
@@ -322,6 +329,8 @@ def test_a_tiny_sweep_trains_scores_every_setting_and_writes_the_dose_curve(
         assert (out / png).stat().st_size > 10_000
     md = (out / "quality.md").read_text()
     assert "| counting | 5 |" in md and "| counting | 100 |" in md and "measured/predicted" in md
+    assert "| counting | 5 | re-opened | " in md  # the card's table; and the default (calibrated on the movie) when
+    assert ("| counting | 5 | re-opened (default" in md) == (saved["settings"][0]["rows"][5]["reopen"] is not None)
     assert md.splitlines()[0] in printed
 
 
@@ -335,3 +344,12 @@ def test_a_rerun_reuses_the_cached_models_and_trains_nothing(
     assert again["trained"] == []
     rows = [r["psnr_frames"] for r in again["settings"][0]["rows"]]
     assert rows == [r["psnr_frames"] for r in first["settings"][1]["rows"]]  # the same models, the same numbers
+
+
+@pytest.mark.timeout(120)
+def test_the_sweep_trains_each_detector_with_the_blind_spot_its_noise_calls_for(tmp_path: Path) -> None:
+    """As a user who follows the trainer's advice: 1 x 1 on a counting detector, 3 x 3 on the integrating one's
+    charge sharing (a 1 x 1 network there learns to copy the correlated noise)."""
+    for mode, want in ((DetectorMode.counting, (1, 1)), (DetectorMode.integrating, (3, 3))):
+        write_simulation(Setting(20.0, mode).simulation(128, 9, 5), tmp_path / mode.value)
+        assert recommended_blind_spot(tmp_path / mode.value / "noisy.tif") == want, mode
