@@ -34,8 +34,8 @@ run by the worker that denoises the movie's first shard it gets, cached per (mod
 process, and decides posterior or blind (``--estimate`` forces one: the check then only warns); the variance
 head's calibration measured on the movie (after a passed check) is cached with the decision and used by each of
 its shards. Both are deterministic (same frames, same engine), so every shard, worker, array task and re-run
-decides and calibrates the same; each
-shard's estimate is recorded in the manifest and a movie whose shards disagree is refused before it is assembled.
+decides and calibrates the same; each shard's estimate is recorded in the manifest and a movie whose shards
+disagree is refused before it is assembled.
 
 ``--uncertainty PATH`` (such a model only: a model without a variance head is refused before any work, with the
 single-process message, :func:`emlive.export.estimates.needs_variance_head` on the card the driver reads) gives each

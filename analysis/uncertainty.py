@@ -148,15 +148,14 @@ def movie_estimate(
     *,
     forced: bool,
     uncertainty: Path | None,
-    calibrate: bool = True,
 ) -> MovieEstimate | None:
     """The estimate of one movie for a probabilistic model (None for a plain model: nothing changes), starting from
     ``estimate`` (checked by the denoiser). With a noise model the check runs first on up to CHECK_FRAMES frames,
     with the card's calibration of the variance head; a failure warns and turns the posterior into the blind output
-    unless the estimate was given (``forced``). Then (``calibrate``, a passed check, the posterior) the variance
-    head is calibrated on this movie (:func:`emlive.export.calibration.measure_calibration` on the middle frames of
-    ``start..stop-1``) and ``denoiser`` holds that calibration until the next movie's estimate; otherwise it holds
-    its card's. The check comes first so that a wrong noise model is caught rather than absorbed into the scales."""
+    unless the estimate was given (``forced``). Then (a passed check, the posterior) the variance head is calibrated
+    on this movie (:func:`emlive.export.calibration.measure_calibration` on the middle frames of ``start..stop-1``)
+    and ``denoiser`` holds that calibration until the next movie's estimate; otherwise it holds its card's. The
+    check comes first so that a wrong noise model is caught rather than absorbed into the scales."""
     if denoiser.channels < 2:
         return None
     denoiser.calibration = card_calibration(denoiser.card)  # each movie starts from the card's
@@ -167,7 +166,7 @@ def movie_estimate(
     where = (movie.path.name or str(movie.path)) if isinstance(movie, Movie) else "the movie"
     if check.ok:
         logger.info("%s: %s", where, check.message)
-        if calibrate and estimate is Estimate.posterior:
+        if estimate is Estimate.posterior:
             table, frames = measure_calibration(denoiser, [movie_block(movie, start, stop)], where)
             denoiser.calibration = table
             chosen.calibration = table.to_card(frames, where)
