@@ -370,6 +370,7 @@ def _row(r: SettingResult, key: str) -> QualityRow | None:
 def sweep_markdown(result: SweepResult) -> list[str]:
     """The README tables: paper PSNR per setting and method; the re-opened row's gains and calibration."""
     lines = _metric_table(result, "PSNR (dB, paper definition) on held-out simulated movies", "psnr", "{:.2f}")
+    lines += ["", *_metric_table(result, "PSNR (dB, fixed range: the clean movie's units)", "psnr_fixed", "{:.2f}")]
     lines += ["", *_metric_table(result, "Pearson r with the truth", "pearson", "{:.4f}")]
     reopened = [(s, row.method, row.reopen) for s, r in result.settings for row in r.rows if row.reopen]
     if reopened:
