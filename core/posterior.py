@@ -25,7 +25,8 @@ is still right (the kernel's sum of squares is in the slope), so the posterior o
 the remaining correlation of the noise between pixels is left in (no whitening).
 
 :class:`PriorCalibration` is the variance head's self-supervised recalibration, measured on the training data (or
-with ``emlive calibrate``) and kept in the card; the runtime applies it to the head's output before anything here.
+with ``emlive calibrate``) and kept in the card, or measured on each movie ``emlive denoise`` denoises; the runtime
+applies it to the head's output before anything here.
 
 :class:`NoiseCheck` is the self-supervised test of the noise model (no truth needed): in the blind spot the prior
 is independent of the pixel's noise, so ``E[(y - mu)^2] = E[s_x^2] + E[s_n^2]``. A measured/predicted ratio far
@@ -168,7 +169,8 @@ def kernel_sum(rho: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class PriorCalibration:
-    """A self-supervised recalibration of a variance head, measured on the training data and kept in the card.
+    """A self-supervised recalibration of a variance head: measured on the training data and kept in the card, or
+    measured on the movie being denoised (:mod:`emlive.export.calibration`).
 
     A head trained by the Gaussian NLL learns s_x^2 slowly where the prior is much tighter than the noise (its
     learning signal per pixel is about s_x^2 / s_n^2): after a CPU budget a 5-frame head at 20-100 e-/px/frame

@@ -21,7 +21,7 @@ from emlive.core.errors import ConfigError, InputDataError
 from emlive.core.modelcard import ModelCard, VarianceCalibration, load_checkpoint, save_model
 from emlive.core.networks import AnyNetwork
 from emlive.core.posterior import Estimate, PixelNoise
-from emlive.export.calibration import CALIBRATION_PIXELS, FrameBlock, measure_calibration, middle_block
+from emlive.export.calibration import CALIBRATION_PIXELS, FrameBlock, measure_calibration, middle_block, movie_block
 from emlive.train.data import MovieSource
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def calibrate_model(
     shape = tuple(int(n) for n in movie.shape)
     if len(shape) != 3:
         raise InputDataError(f"{source}: shape {list(shape)}; calibration needs a (T, H, W) movie")
-    start, stop = middle_block(*shape)
-    table = measure(net, card, [FrameBlock(movie, start, stop)], source)
+    table = measure(net, card, [movie_block(movie, 0, shape[0])], source)
     save_model(target, net, card.model_copy(update={"prior_calibration": table}))
     plot_prior_calibration(table, calibration_png(target))
     return table, target

@@ -105,9 +105,11 @@ is often too small where the prior is tight (an overconfident uncertainty map, a
 prior too much). In the blind spot the prior's error and the pixel's noise are independent, so the residual of the
 blind output minus the noise model's variance measures the true prior variance over many pixels. This measures a
 scale for each of up to 20 bins of the head's output on the middle frames of MOVIE (at most 8 M pixels) and
-writes it into the model's card; every runtime (denoise, serve, export, bench) applies it. `emlive train` already
-does this on its training data; use this for a model trained before, or on the acquisition you are about to
-denoise (best: its scene may differ from the training movie's). A .ckpt is written as the .pt of the same name:
+writes it into the model's card; the service, the export and the benchmarks apply it, and `emlive denoise` checks
+the noise model with it before it measures a table of its own on each movie it denoises. `emlive train` already
+does this on its training data; use this for a model trained before, or on a first acquisition of the session
+before `emlive serve` (its scene may differ from the training movie's). A .ckpt is written as the .pt of the same
+name:
 
   emlive calibrate runs/exp/gaussian/model.pt movie.tif            # rewrites model.pt
   emlive calibrate runs/exp/gaussian/model.pt movie.tif -o calibrated.pt
